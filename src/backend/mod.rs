@@ -3,6 +3,7 @@
 //! backend is always present; the CUDA one lives behind the `cuda` feature.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::dtype::DType;
 use crate::error::Result;
@@ -61,4 +62,46 @@ pub trait Backend: Send + Sync {
         rows: usize,
         out: &mut [f32],
     ) -> Result<()>;
+}
+
+/// Where compute runs: `cpu`, `cuda` (device 0) or `cuda:N`. The CUDA variant exists in every
+/// build (candle-style); without the `cuda` feature, constructing its backend returns
+/// [`crate::Error::NotCompiledWithCuda`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    /// The host CPU.
+    #[default]
+    Cpu,
+    /// A CUDA device by ordinal.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Device> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            _ => lower
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| {
+                    crate::Error::InvalidOption(format!(
+                        "unknown device {s:?} (expected cpu, cuda or cuda:N)"
+                    ))
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
