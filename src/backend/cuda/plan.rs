@@ -229,10 +229,17 @@ impl RegistrationLru {
     /// Plans the registration of `wanted` windows (marking them recently used) and applies the
     /// plan to the bookkeeping. Errors, changing nothing, if `wanted` alone exceeds the budget.
     pub fn plan(&mut self, wanted: &[(WindowKey, u64)]) -> Result<RegistrationPlan, String> {
+        let mut unique: Vec<(WindowKey, u64)> = Vec::with_capacity(wanted.len());
+        for &(k, len) in wanted {
+            if !unique.iter().any(|(u, _)| *u == k) {
+                unique.push((k, len));
+            }
+        }
+        let wanted = &unique[..];
         let mut need: u64 = 0;
         let mut missing = Vec::new();
         for &(k, len) in wanted {
-            if !self.entries.contains_key(&k) && !missing.iter().any(|&(m, _)| m == k) {
+            if !self.entries.contains_key(&k) {
                 missing.push((k, len));
                 need += len;
             }
@@ -407,8 +414,8 @@ mod tests {
     #[test]
     fn registration_lru_respects_budget_and_keeps_wanted() {
         let mut lru = RegistrationLru::new(300);
-        let p = lru.plan(&[((0, 0), 100), ((0, 1), 100)]).unwrap();
-        assert_eq!(p.register.len(), 2);
+        let p = lru.plan(&[((0, 0), 100), ((0, 1), 100), ((0, 0), 100)]).unwrap();
+        assert_eq!(p.register.len(), 2, "duplicates count once");
         assert!(p.unregister.is_empty());
         lru.plan(&[((0, 2), 100)]).unwrap();
         assert_eq!(lru.used(), 300);
