@@ -109,7 +109,7 @@ mod tests {
     fn missing_libraries_give_an_error_not_a_panic() {
         let libs = libraries();
         if libs.missing().is_empty() {
-            eprintln!("skipped: the CUDA libraries are present on this machine");
+            eprintln!("not applicable: the CUDA libraries are present on this machine");
             return;
         }
         let msg = probe(0).unwrap_err().to_string();
