@@ -45,6 +45,9 @@ __device__ __forceinline__ float activate(float x, int kind) {
     }
 }
 
+// -inf without <math.h> (NVRTC compiles without an include path).
+#define NEG_INF __int_as_float(0xff800000)
+
 #define GRID_STRIDE(i, n) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)(n); \
          i += (size_t)blockDim.x * gridDim.x)

@@ -9,7 +9,7 @@ extern "C" __global__ void softmax_topk_f32(const float* logits, int* ids, float
     size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= tokens) return;
     const float* l = logits + t * experts;
-    float m = -INFINITY;
+    float m = NEG_INF;
     for (unsigned int e = 0; e < experts; ++e) m = fmaxf(m, l[e]);
     float s = 0.0f;
     for (unsigned int e = 0; e < experts; ++e) s += expf(l[e] - m);
@@ -52,7 +52,7 @@ extern "C" __global__ void grouped_sigmoid_topk_f32(const float* logits, const f
         float bs = 0.0f;
         for (unsigned int g = 0; g < n_group; ++g) {
             if (keep & (1ull << g)) continue;
-            float a = -INFINITY, b = -INFINITY;  // top-2 of the group
+            float a = NEG_INF, b = NEG_INF;  // top-2 of the group
             for (unsigned int e = g * per; e < (g + 1) * per; ++e) {
                 float c = 1.0f / (1.0f + expf(-l[e])) + (bias ? bias[e] : 0.0f);
                 if (c > a) { b = a; a = c; } else if (c > b) { b = c; }

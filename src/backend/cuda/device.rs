@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::sys::{self, CUdevice_attribute as Attr};
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 
 use super::options::{CudaInfo, Libraries};
@@ -33,13 +33,18 @@ pub(crate) fn drv(what: &str, e: DriverError) -> Error {
 /// Describes device `ordinal`: name, compute capability, memory, registration support.
 /// Errors (never panics) if a library is missing, there is no such device, or the driver fails.
 pub fn probe(ordinal: usize) -> Result<CudaInfo> {
+    info_of(&checked_context(ordinal)?)
+}
+
+/// A context on device `ordinal`, after checking the libraries and the device count (the
+/// checks cudarc would otherwise answer with a panic).
+fn checked_context(ordinal: usize) -> Result<Arc<CudaContext>> {
     libraries().check()?;
     let count = CudaContext::device_count().map_err(|e| drv("counting CUDA devices", e))?;
     if ordinal >= count.max(0) as usize {
         return Err(Error::Cuda(format!("no CUDA device {ordinal} (this machine has {count})")));
     }
-    let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating a context", e))?;
-    info_of(&ctx)
+    CudaContext::new(ordinal).map_err(|e| drv("creating a context", e))
 }
 
 fn info_of(ctx: &Arc<CudaContext>) -> Result<CudaInfo> {
@@ -65,6 +70,27 @@ fn info_of(ctx: &Arc<CudaContext>) -> Result<CudaInfo> {
     })
 }
 
+/// Lets the device's default memory pool keep freed memory instead of returning it to the OS
+/// at every stream synchronisation (release threshold 0, the default): the FFN's temporaries
+/// are allocated and freed on every call, and re-mapping them each time costs more than the
+/// GEMMs of a decode step.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) -> Result<()> {
+    use cudarc::driver::result::{device, mem_pool};
+    let mut threshold = u64::MAX;
+    // SAFETY: `cu_device` is the context's valid device; the release-threshold attribute is a
+    // u64 (cuuint64_t) read through the pointer during the call.
+    unsafe {
+        let pool = device::get_default_mem_pool(ctx.cu_device())
+            .map_err(|e| drv("getting the default memory pool", e))?;
+        mem_pool::set_attribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold) as *mut u64 as *mut _,
+        )
+        .map_err(|e| drv("setting the memory pool release threshold", e))
+    }
+}
+
 /// One backend's view of a device: its context and two streams.
 #[derive(Debug)]
 pub(crate) struct Gpu {
@@ -79,8 +105,7 @@ pub(crate) struct Gpu {
 impl Gpu {
     /// Opens device `ordinal` with all libraries checked first.
     pub fn open(ordinal: usize) -> Result<Arc<Gpu>> {
-        probe(ordinal)?;
-        let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating a context", e))?;
+        let ctx = checked_context(ordinal)?;
         // SAFETY: this context object is ours alone (`CudaContext::new` returns a fresh Arc
         // even for the primary context) and every cross-stream dependency in this backend is
         // an explicit event: slots are written on the copy stream after waiting for the
@@ -88,6 +113,9 @@ impl Gpu {
         // temporaries live and die on the compute stream. Per-slice event tracking would only
         // add an event record to every use on the hot path.
         unsafe { ctx.disable_event_tracking() };
+        if ctx.has_async_alloc() {
+            keep_pool_memory(&ctx)?;
+        }
         let compute = ctx.new_stream().map_err(|e| drv("creating the compute stream", e))?;
         let copy = ctx.new_stream().map_err(|e| drv("creating the copy stream", e))?;
         let info = info_of(&ctx)?;

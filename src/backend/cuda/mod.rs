@@ -11,6 +11,29 @@
 //! the GPU) for the compute stream to have finished reading the slot's previous expert, then
 //! records the slot's "ready" event; the compute stream waits on that event before reading.
 //! Nothing on the hot path synchronises the whole device.
+//!
+//! How the engine uses it (one expert of one block, offloaded):
+//!
+//! ```no_run
+//! use moe_offload::backend::cuda::{CudaBackend, DeviceSlots, ExpertLayout, TransferOptions, Uploader};
+//! use moe_offload::{Checkpoint, ModelSpec};
+//! # fn main() -> moe_offload::Result<()> {
+//! let ckpt = Checkpoint::open("model")?;
+//! let spec = ModelSpec::from_checkpoint(&ckpt)?;
+//! let block = &spec.blocks[0];
+//! let layout = ExpertLayout::of_expert(&ckpt, block, 3)?;
+//! let gpu = CudaBackend::new(0)?; // errors, never panics, without a driver
+//! let slots = DeviceSlots::new(&gpu, layout.total_bytes, 8 << 30)?; // slots under an 8 GiB budget
+//! let up = Uploader::for_checkpoint(&slots, TransferOptions::default(), &ckpt)?;
+//! let fence = up.upload(&ExpertLayout::sources(&ckpt, block, 3)?, 0)?; // returns at once
+//! let (rows, x) = (2, vec![0.0f32; 2 * layout.hidden]);
+//! let mut y = vec![0.0f32; x.len()];
+//! // The compute stream waits on slot 0's copy event; the host does not wait on `fence`.
+//! gpu.expert_ffn_slot(block.ffn, &slots, 0, &layout, &x, rows, &mut y)?;
+//! # let _ = fence;
+//! # Ok(())
+//! # }
+//! ```
 
 mod bench;
 mod options;
@@ -62,5 +85,20 @@ pub fn bench_transfer(opts: &TransferBenchOptions) -> crate::Result<TransferBenc
     {
         let _ = opts;
         Err(crate::Error::NotCompiledWithCuda)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        // The engine shares these across its copy workers and compute threads.
+        fn check<T: Send + Sync>() {}
+        check::<CudaBackend>();
+        check::<DeviceSlots>();
+        check::<Uploader>();
+        check::<Fence>();
     }
 }

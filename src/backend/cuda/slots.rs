@@ -33,7 +33,9 @@ struct SlotsInner {
 impl Drop for SlotsInner {
     fn drop(&mut self) {
         // Copies or kernels may still use the memory: wait for both streams (not the device)
-        // before the allocation is freed on the compute stream.
+        // before the allocation is freed on the compute stream (cudarc's free does not make
+        // the context current, and this may run on any thread).
+        let _ = self.gpu.ctx.bind_to_thread();
         let _ = self.gpu.copy.synchronize();
         let _ = self.gpu.compute.synchronize();
         drop(self.buf.take());
