@@ -19,7 +19,7 @@ mod gpu {
     use std::sync::Arc;
 
     use moe_offload::backend::cuda::{
-        CudaBackend, DeviceSlots, ExpertLayout, TransferOptions, TransferPath, Uploader,
+        CudaBackend, DeviceSlots, ExpertLayout, SlotExpert, TransferOptions, TransferPath, Uploader,
     };
     use moe_offload::backend::{Backend, ExpertWeights, WeightRef};
     use moe_offload::dtype::{DType, encode_from_f32, to_f32_vec};
@@ -258,6 +258,27 @@ mod gpu {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&resident), bits(&run(&[2, 0, 1], false)));
         assert_eq!(bits(&resident), bits(&run(&[1, 2, 0], true)), "offloaded ≠ resident");
+        // The whole block on the device from three resident slots, in two expert orders.
+        let slots3 =
+            DeviceSlots::new(&b, layout.total_bytes, 3 * layout.total_bytes as u64 + 768).unwrap();
+        let up3 = Uploader::new(&slots3, TransferOptions::default(), vec![]).unwrap();
+        for (e, ex) in experts.iter().enumerate() {
+            up3.upload(&ex.sources(), e).unwrap();
+        }
+        let ids: Vec<i32> = assign.iter().map(|&e| e as i32).collect();
+        for order in [[0, 1, 2], [2, 1, 0]] {
+            let list: Vec<SlotExpert> =
+                order.iter().map(|&e| SlotExpert { expert: e, slot: e, layout: &layout }).collect();
+            let mut out = vec![0f32; tokens * hidden];
+            b.moe_block_slots(kind, &slots3, &x, hidden, &ids, &weights, k, &list, &mut out)
+                .unwrap();
+            assert_eq!(bits(&resident), bits(&out), "device block ≠ resident ({order:?})");
+        }
+        let missing = [SlotExpert { expert: 0, slot: 0, layout: &layout }];
+        let mut out = vec![0f32; tokens * hidden];
+        let err =
+            b.moe_block_slots(kind, &slots3, &x, hidden, &ids, &weights, k, &missing, &mut out);
+        assert!(err.is_err(), "a routed expert without a slot must be an error");
         // A dropped slot (-1) contributes nothing.
         let mut dropped = slot_row.clone();
         dropped[1] = -1;

@@ -47,6 +47,9 @@ int main() {
   float src[6] = {0, 1, 10, 11, 20, 21}; int idx[3] = {2, 0, 2}; float gd[6];
   gather_rows_f32(src, idx, gd, 3, 2);
   if (gd[0] != 20 || gd[3] != 1 || gd[5] != 21) { printf("gather\n"); bad++; }
+  float sd[6] = {-1, -1, -1, -1, -1, -1}; int sidx[2] = {2, 0};
+  scatter_rows_f32(src, sidx, sd, 2, 2);
+  if (sd[4] != 0 || sd[5] != 1 || sd[0] != 10 || sd[1] != 11 || sd[2] != -1) { printf("scatter\n"); bad++; }
   // combine: 2 tokens, k = 2, hidden 2; token 1 slot 1 dropped
   float rows[8] = {1, 2, 3, 4, 5, 6, 7, 8}; int sr[4] = {0, 1, 3, -1}; float w[4] = {0.5f, 0.25f, 2, 9}; float co[4];
   combine_f32(rows, sr, w, co, 2, 2, 2, 0);

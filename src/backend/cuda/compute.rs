@@ -15,7 +15,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, PushKernelArg
 use parking_lot::Mutex;
 
 use super::device::{Gpu, drv};
-use super::kernels::{Kernels, act_code, elementwise, per_token};
+use super::kernels::{Kernels, act_code, elementwise};
 use super::options::{CudaInfo, ExpertLayout};
 use super::slots::DeviceSlots;
 use crate::backend::{Backend, ExpertWeights, WeightRef};
@@ -28,8 +28,8 @@ use crate::ffn::FfnKind;
 #[derive(Clone)]
 pub struct CudaBackend {
     pub(crate) gpu: Arc<Gpu>,
-    kernels: Arc<Kernels>,
-    blas: Arc<Mutex<CudaBlas>>,
+    pub(super) kernels: Arc<Kernels>,
+    pub(super) blas: Arc<Mutex<CudaBlas>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -38,7 +38,7 @@ impl std::fmt::Debug for CudaBackend {
     }
 }
 
-fn u32c(x: usize, what: &str) -> Result<u32> {
+pub(super) fn u32c(x: usize, what: &str) -> Result<u32> {
     u32::try_from(x).map_err(|_| Error::input(format!("{what} = {x} is too large for CUDA")))
 }
 
@@ -90,25 +90,25 @@ impl CudaBackend {
         self.gpu.check()
     }
 
-    fn stream(&self) -> &Arc<CudaStream> {
+    pub(super) fn stream(&self) -> &Arc<CudaStream> {
         &self.gpu.compute
     }
 
-    fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+    pub(super) fn alloc<T: DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
         // SAFETY: every buffer from here is fully written (an upload, a GEMM with beta = 0 or
         // an elementwise kernel over all of it) before it is read.
         unsafe { self.stream().alloc::<T>(n.max(1)) }
             .map_err(|e| drv("allocating device memory", e))
     }
 
-    fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+    pub(super) fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         if host.is_empty() {
             return self.alloc(1);
         }
         self.stream().clone_htod(host).map_err(|e| drv("copying inputs to the device", e))
     }
 
-    fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>, out: &mut [T]) -> Result<()> {
+    pub(super) fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>, out: &mut [T]) -> Result<()> {
         if out.is_empty() {
             return Ok(());
         }
@@ -183,7 +183,7 @@ impl CudaBackend {
 
     /// The expert FFN on device data: weights packed per `layout` at `base`, `x` f32
     /// `[rows × hidden]`; returns f32 `[rows × hidden]`.
-    fn ffn_device(
+    pub(super) fn ffn_device(
         &self,
         blas: &CudaBlas,
         ffn: FfnKind,
@@ -281,176 +281,6 @@ impl CudaBackend {
         let y = y?;
         released?;
         self.download(&y, out)
-    }
-
-    /// `out[t] = Σ_j w[t,j] · rows[slot_row[t,j]]` (slot order, no atomics; `slot_row` -1 =
-    /// dropped): the deterministic combine, here from host data.
-    #[allow(clippy::too_many_arguments)]
-    pub fn combine(
-        &self,
-        rows: &[f32],
-        slot_row: &[i32],
-        weights: &[f32],
-        tokens: usize,
-        k: usize,
-        hidden: usize,
-        out: &mut [f32],
-    ) -> Result<()> {
-        let n_rows = rows.len().checked_div(hidden).unwrap_or(0);
-        if slot_row.len() != tokens * k || weights.len() != tokens * k {
-            return Err(Error::input(format!("combine: need {tokens}×{k} slot rows and weights")));
-        }
-        if out.len() != tokens * hidden || rows.len() != n_rows * hidden {
-            return Err(Error::input("combine: buffer sizes do not match the shapes".to_string()));
-        }
-        if let Some(bad) = slot_row.iter().find(|&&r| r < -1 || r >= n_rows as i32) {
-            return Err(Error::input(format!("combine: row {bad} outside 0..{n_rows}")));
-        }
-        if out.is_empty() {
-            return Ok(());
-        }
-        let _guard = self.blas.lock();
-        let (rd, sd, wd) = (self.upload(rows)?, self.upload(slot_row)?, self.upload(weights)?);
-        let od = self.alloc::<f32>(out.len())?;
-        let s = self.stream();
-        let (p_r, p_s, p_w, p_o) = (dptr(&rd, s), dptr(&sd, s), dptr(&wd, s), dptr(&od, s));
-        let (t32, k32, h32, acc) =
-            (u32c(tokens, "tokens")?, u32c(k, "k")?, u32c(hidden, "hidden")?, 0i32);
-        let f = self.kernels.get("combine_f32")?;
-        let mut b = s.launch_builder(f);
-        b.arg(&p_r).arg(&p_s).arg(&p_w).arg(&p_o).arg(&t32).arg(&k32).arg(&h32).arg(&acc);
-        // SAFETY: sizes checked above: rows n_rows·hidden, slot_row/weights tokens·k with every
-        // index in -1..n_rows, out tokens·hidden.
-        unsafe { b.launch(elementwise(out.len())) }.map_err(|e| drv("launching combine", e))?;
-        self.download(&od, out)
-    }
-
-    /// `out[r] = src[idx[r]]` for f32 rows of `cols` values.
-    pub fn gather_rows(
-        &self,
-        src: &[f32],
-        cols: usize,
-        idx: &[i32],
-        out: &mut [f32],
-    ) -> Result<()> {
-        let n_src = src.len().checked_div(cols).unwrap_or(0);
-        if out.len() != idx.len() * cols || idx.iter().any(|&i| i < 0 || i as usize >= n_src) {
-            return Err(Error::input(format!("gather: bad indices or sizes ({n_src} rows)")));
-        }
-        if out.is_empty() {
-            return Ok(());
-        }
-        let _guard = self.blas.lock();
-        let (sd, id, od) = (self.upload(src)?, self.upload(idx)?, self.alloc::<f32>(out.len())?);
-        let s = self.stream();
-        let (p_s, p_i, p_o) = (dptr(&sd, s), dptr(&id, s), dptr(&od, s));
-        let (r32, c32) = (u32c(idx.len(), "rows")?, u32c(cols, "cols")?);
-        let f = self.kernels.get("gather_rows_f32")?;
-        let mut b = s.launch_builder(f);
-        b.arg(&p_s).arg(&p_i).arg(&p_o).arg(&r32).arg(&c32);
-        // SAFETY: every index is in 0..n_src (checked); out holds idx.len()·cols f32.
-        unsafe { b.launch(elementwise(out.len())) }.map_err(|e| drv("launching gather", e))?;
-        self.download(&od, out)
-    }
-
-    /// Softmax top-k routing of `logits [tokens × experts]` into `ids`/`weights [tokens × k]`.
-    pub fn softmax_topk(
-        &self,
-        logits: &[f32],
-        experts: usize,
-        k: usize,
-        renormalize: bool,
-        ids: &mut [i32],
-        weights: &mut [f32],
-    ) -> Result<()> {
-        self.route(logits, None, experts, k, None, renormalize, 1.0, ids, weights)
-    }
-
-    /// DeepSeek-V3 grouped sigmoid routing: `(n_group, topk_group)` groups, optional score
-    /// correction bias, `scale` = routed scaling factor.
-    #[allow(clippy::too_many_arguments)]
-    pub fn grouped_sigmoid_topk(
-        &self,
-        logits: &[f32],
-        bias: Option<&[f32]>,
-        experts: usize,
-        k: usize,
-        groups: (usize, usize),
-        renormalize: bool,
-        scale: f32,
-        ids: &mut [i32],
-        weights: &mut [f32],
-    ) -> Result<()> {
-        self.route(logits, bias, experts, k, Some(groups), renormalize, scale, ids, weights)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn route(
-        &self,
-        logits: &[f32],
-        bias: Option<&[f32]>,
-        experts: usize,
-        k: usize,
-        groups: Option<(usize, usize)>,
-        renormalize: bool,
-        scale: f32,
-        ids: &mut [i32],
-        weights: &mut [f32],
-    ) -> Result<()> {
-        let tokens = logits.len().checked_div(experts).unwrap_or(0);
-        let ok = experts > 0
-            && k <= experts
-            && logits.len() == tokens * experts
-            && ids.len() == tokens * k
-            && weights.len() == tokens * k
-            && bias.is_none_or(|b| b.len() == experts)
-            && groups.is_none_or(|(g, tg)| {
-                g > 0
-                    && g <= 64
-                    && experts % g == 0
-                    && tg >= 1
-                    && tg <= g
-                    && k <= tg * (experts / g)
-            });
-        if !ok {
-            return Err(Error::input(format!(
-                "router: {} logits for {experts} experts, top-{k}, groups {groups:?}: bad shapes",
-                logits.len()
-            )));
-        }
-        if tokens == 0 || k == 0 {
-            return Ok(());
-        }
-        let _guard = self.blas.lock();
-        let s = self.stream();
-        let ld = self.upload(logits)?;
-        let bd = bias.map(|b| self.upload(b)).transpose()?;
-        let (idd, wd) = (self.alloc::<i32>(ids.len())?, self.alloc::<f32>(weights.len())?);
-        let (p_l, p_b) = (dptr(&ld, s), bd.as_ref().map_or(0, |b| dptr(b, s)));
-        let (p_i, p_w) = (dptr(&idd, s), dptr(&wd, s));
-        let (t32, e32, k32) = (u32c(tokens, "tokens")?, u32c(experts, "experts")?, u32c(k, "k")?);
-        let renorm = renormalize as i32;
-        match groups {
-            None => {
-                let f = self.kernels.get("softmax_topk_f32")?;
-                let mut b = s.launch_builder(f);
-                b.arg(&p_l).arg(&p_i).arg(&p_w).arg(&t32).arg(&e32).arg(&k32).arg(&renorm);
-                // SAFETY: logits tokens·experts f32, ids/weights tokens·k (checked above).
-                unsafe { b.launch(per_token(tokens)) }.map_err(|e| drv("launching router", e))?;
-            }
-            Some((g, tg)) => {
-                let (g32, tg32) = (g as u32, tg as u32);
-                let f = self.kernels.get("grouped_sigmoid_topk_f32")?;
-                let mut b = s.launch_builder(f);
-                b.arg(&p_l).arg(&p_b).arg(&p_i).arg(&p_w).arg(&t32).arg(&e32).arg(&k32);
-                b.arg(&g32).arg(&tg32).arg(&renorm).arg(&scale);
-                // SAFETY: as above, plus bias (or null) of `experts` f32 and 1 ≤ groups ≤ 64
-                // dividing the experts, with at least k experts in the kept groups.
-                unsafe { b.launch(per_token(tokens)) }.map_err(|e| drv("launching router", e))?;
-            }
-        }
-        self.download(&idd, ids)?;
-        self.download(&wd, weights)
     }
 
     /// Packs host weights into one device buffer in `layout` order (the slot layout).

@@ -22,8 +22,9 @@ const SOURCES: [(&str, &str); 5] = [
 ];
 
 /// Every kernel in the program, `{op}_{dtype}`.
-const NAMES: [&str; 15] = [
+const NAMES: [&str; 16] = [
     "gather_rows_f32",
+    "scatter_rows_f32",
     "cast_bf16",
     "cast_f16",
     "glu_f32",

@@ -42,10 +42,12 @@ pub mod plan;
 pub use bench::{TransferBenchOptions, TransferBenchReport, TransferBenchRow};
 pub use options::{
     CudaInfo, DEFAULT_RING_THREADS, ExpertLayout, LD_LIBRARY_PATH_HINT, Libraries, SLOT_ALIGN,
-    TensorSlot, TransferOptions, TransferPath, TransferStats, parse_list, slot_stride,
+    SlotExpert, TensorSlot, TransferOptions, TransferPath, TransferStats, parse_list, slot_stride,
     slots_in_budget,
 };
 
+#[cfg(feature = "cuda")]
+mod block;
 #[cfg(feature = "cuda")]
 mod compute;
 #[cfg(feature = "cuda")]

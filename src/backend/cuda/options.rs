@@ -314,6 +314,18 @@ impl ExpertLayout {
     }
 }
 
+/// One expert of a block, resident in a slot: which expert id it is (as in the routing's
+/// `expert_ids`), its slot, and its packed layout.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotExpert<'a> {
+    /// Expert index within the block.
+    pub expert: usize,
+    /// The slot holding its weights.
+    pub slot: usize,
+    /// Its packed layout.
+    pub layout: &'a ExpertLayout,
+}
+
 /// Stride between slots: the slot size rounded up to [`SLOT_ALIGN`].
 pub fn slot_stride(slot_bytes: usize) -> usize {
     super::plan::align_up(slot_bytes.max(1), SLOT_ALIGN)

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use super::options::TransferStats;
-use super::options::{CudaInfo, ExpertLayout, Libraries, TransferOptions, TransferPath};
+use super::options::{
+    CudaInfo, ExpertLayout, Libraries, SlotExpert, TransferOptions, TransferPath,
+};
 use crate::backend::{Backend, ExpertWeights, WeightRef};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -71,6 +73,23 @@ impl CudaBackend {
         _tokens: usize,
         _k: usize,
         _hidden: usize,
+        _out: &mut [f32],
+    ) -> Result<()> {
+        match self.never {}
+    }
+
+    /// Unreachable: no backend exists.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_block_slots(
+        &self,
+        _ffn: FfnKind,
+        _slots: &DeviceSlots,
+        _x: &[f32],
+        _hidden: usize,
+        _expert_ids: &[i32],
+        _weights: &[f32],
+        _k: usize,
+        _experts: &[SlotExpert<'_>],
         _out: &mut [f32],
     ) -> Result<()> {
         match self.never {}
