@@ -320,6 +320,70 @@ mod gpu {
         assert!(b.gather_rows(&src, 3, &[10], &mut [0f32; 3]).is_err(), "index out of range");
     }
 
+    fn golden_dir(case: &str) -> Option<std::path::PathBuf> {
+        // Relative first: tools/gpu-check.sh runs the prebuilt test from the source tree's copy.
+        ["tests/golden", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden")]
+            .iter()
+            .map(|base| std::path::Path::new(base).join(case))
+            .find(|p| p.join("golden.safetensors").exists())
+    }
+
+    /// Golden conformance of the softmax-top-k (Mixtral) cases on the GPU: router logits in
+    /// true f32, device top-k, then the whole block from slots filled by the uploader.
+    #[test]
+    fn golden_mixtral_blocks_match_transformers() {
+        use moe_offload::routing::RouterSpec;
+        use moe_offload::{Checkpoint, ModelSpec};
+        let Some(b) = backend() else { return };
+        for (case, tol) in [("mixtral-top2", TOL_F32), ("mixtral-bf16", TOL_HALF)] {
+            let Some(dir) = golden_dir(case) else {
+                panic!("golden case {case} not found (run from the source tree)");
+            };
+            let ckpt = Checkpoint::open(&dir).unwrap();
+            let spec = ModelSpec::from_checkpoint(&ckpt).unwrap();
+            let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
+            let golden = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            let read = |n: &str| to_f32_vec(&DType::F32, golden.tensor(n).unwrap().data());
+            for block in &spec.blocks {
+                let RouterSpec::SoftmaxTopK { top_k, renormalize } = block.router else {
+                    panic!("{case}: expected a softmax top-k router");
+                };
+                let x = read(&format!("{}.input", block.prefix));
+                let want: Vec<f64> =
+                    read(&format!("{}.output", block.prefix)).iter().map(|v| *v as f64).collect();
+                let (hidden, ne) = (spec.hidden_size, block.num_experts());
+                let tokens = x.len() / hidden;
+                let gate = ckpt.tensor(block.router_weight.as_ref().unwrap()).unwrap();
+                let gate32 = encode_from_f32(&DType::F32, &gate.to_f32().unwrap());
+                let gw = WeightRef { dtype: &DType::F32, rows: ne, cols: hidden, bytes: &gate32 };
+                let mut logits = vec![0f32; tokens * ne];
+                b.linear(&x, tokens, gw, None, &mut logits).unwrap();
+                let (mut ids, mut w) = (vec![0i32; tokens * top_k], vec![0f32; tokens * top_k]);
+                b.softmax_topk(&logits, ne, top_k, renormalize, &mut ids, &mut w).unwrap();
+                let layouts: Vec<ExpertLayout> =
+                    (0..ne).map(|e| ExpertLayout::of_expert(&ckpt, block, e).unwrap()).collect();
+                let slot_bytes = layouts.iter().map(|l| l.total_bytes).max().unwrap();
+                let budget = (ne * (slot_bytes + 256)) as u64;
+                let slots = DeviceSlots::new(&b, slot_bytes, budget).unwrap();
+                let up =
+                    Uploader::for_checkpoint(&slots, TransferOptions::default(), &ckpt).unwrap();
+                for e in 0..ne {
+                    up.upload(&ExpertLayout::sources(&ckpt, block, e).unwrap(), e).unwrap();
+                }
+                let list: Vec<SlotExpert> = layouts
+                    .iter()
+                    .enumerate()
+                    .map(|(e, layout)| SlotExpert { expert: e, slot: e, layout })
+                    .collect();
+                let mut out = vec![0f32; x.len()];
+                b.moe_block_slots(block.ffn, &slots, &x, hidden, &ids, &w, top_k, &list, &mut out)
+                    .unwrap();
+                let err = rel_l2(&out, &want);
+                assert!(err < tol, "{case} {}: rel L2 {err} (tolerance {tol})", block.prefix);
+            }
+        }
+    }
+
     /// A temp file of random bytes, mapped read-only (like a checkpoint).
     fn mapped(len: usize) -> (tempfile::NamedTempFile, Arc<memmap2::Mmap>) {
         let mut f = tempfile::NamedTempFile::new().unwrap();

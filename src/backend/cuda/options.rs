@@ -396,6 +396,24 @@ mod tests {
     }
 
     #[test]
+    fn expert_layout_and_sources_of_a_golden_checkpoint() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/mixtral-bf16");
+        let ckpt = Checkpoint::open(dir).unwrap();
+        let spec = crate::ModelSpec::from_checkpoint(&ckpt).unwrap();
+        let block = &spec.blocks[0];
+        let l = ExpertLayout::of_expert(&ckpt, block, 1).unwrap();
+        assert_eq!(l.dtype, DType::BF16);
+        assert_eq!(l.total_bytes as u64, block.expert_bytes);
+        let src = ExpertLayout::sources(&ckpt, block, 1).unwrap();
+        assert_eq!(src.len(), 3);
+        assert_eq!(src.iter().map(|s| s.len()).sum::<usize>(), l.total_bytes);
+        // gate (w1), up (w3), down (w2): the slot order, not the file order.
+        let t = &block.experts[1];
+        assert_eq!(src[1].as_ptr(), ckpt.tensor(&t.up).unwrap().bytes.as_ptr());
+        assert!(ExpertLayout::of_expert(&ckpt, block, 99).is_err());
+    }
+
+    #[test]
     fn slots_never_exceed_budget() {
         assert_eq!(slot_stride(1000), 1024);
         assert_eq!(slots_in_budget(4096, 1000), 4);
