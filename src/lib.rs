@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod rng;
 pub mod routing;
 pub mod spec;
+pub mod transfer;
 
 pub use checkpoint::{Checkpoint, TensorView};
 pub use dtype::DType;
