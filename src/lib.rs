@@ -6,15 +6,20 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
 pub mod dtype;
+pub mod engine;
 pub mod error;
 pub mod ffn;
 pub mod inspect;
+pub mod io;
 pub mod rng;
+pub mod schedule;
 pub mod routing;
 pub mod spec;
 pub mod transfer;
+pub mod workload;
 
 pub use checkpoint::{Checkpoint, TensorView};
 pub use dtype::DType;

@@ -76,6 +76,8 @@ impl FaultInjector {
 }
 
 struct Shared {
+    /// Emulated link rate: a copy of n bytes takes at least n / rate seconds.
+    link_bytes_per_second: Option<f64>,
     arena: Arc<SlotArena>,
     mmaps: Vec<Arc<Mmap>>,
     faults: FaultInjector,
@@ -97,9 +99,19 @@ impl std::fmt::Debug for TransferPool {
 
 impl TransferPool {
     /// Starts `threads` copy workers (at least one) that copy from `mmaps` into `arena`.
-    pub fn new(arena: Arc<SlotArena>, mmaps: Vec<Arc<Mmap>>, threads: usize) -> TransferPool {
+    ///
+    /// `link_bytes_per_second` emulates a slower host→device link (e.g. PCIe) on the CPU
+    /// backend, where a copy is a memcpy: each copy is stretched to at least
+    /// `bytes / rate` seconds. `None` copies at memory speed.
+    pub fn new(
+        arena: Arc<SlotArena>,
+        mmaps: Vec<Arc<Mmap>>,
+        threads: usize,
+        link_bytes_per_second: Option<f64>,
+    ) -> TransferPool {
         let (tx, rx) = crossbeam_channel::unbounded::<CopyRequest>();
         let shared = Arc::new(Shared {
+            link_bytes_per_second: link_bytes_per_second.filter(|r| *r > 0.0),
             arena,
             mmaps,
             faults: FaultInjector::default(),
@@ -161,6 +173,7 @@ fn copy_one(shared: &Shared, req: &CopyRequest) -> std::result::Result<(), Strin
     if shared.faults.should_fail() {
         return Err("injected copy failure".into());
     }
+    let started = std::time::Instant::now();
     let total: usize = req.ranges.iter().map(|r| r.len).sum();
     let mut slot = shared.arena.write(req.slot);
     if total > shared.arena.slot_bytes() {
@@ -176,6 +189,12 @@ fn copy_one(shared: &Shared, req: &CopyRequest) -> std::result::Result<(), Strin
             .ok_or_else(|| format!("source range {r:?} lies outside the mapped checkpoint"))?;
         dst[at..at + r.len].copy_from_slice(src);
         at += r.len;
+    }
+    if let Some(rate) = shared.link_bytes_per_second {
+        let min = std::time::Duration::from_secs_f64(total as f64 / rate);
+        if let Some(rest) = min.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
     }
     shared.bytes_copied.fetch_add(total as u64, Ordering::Relaxed);
     Ok(())
