@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod cache;
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;
