@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod cache;
 pub mod checkpoint;
 pub mod dtype;
 pub mod engine;

@@ -150,7 +150,7 @@ impl Offload {
         let guard = |k: ExpertKey| evictable(k) && fences.get(&k).is_none_or(Fence::is_complete);
         let placement = match st.cache.insert(key, &guard) {
             Ok(p) => p,
-            Err(Error::BudgetTooSmall { .. }) => return Ok(false),
+            Err(Error::CacheFull { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
         let b = key.block as usize;
