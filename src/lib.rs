@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod dtype;
 pub mod error;
 pub mod ffn;
+pub mod generate;
 pub mod inspect;
 pub mod rng;
 pub mod routing;
