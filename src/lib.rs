@@ -13,6 +13,7 @@ pub mod dtype;
 pub mod engine;
 pub mod error;
 pub mod ffn;
+pub mod generate;
 pub mod inspect;
 pub mod io;
 pub mod rng;
