@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod block;
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;

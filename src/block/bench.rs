@@ -1,0 +1,2 @@
+//! Timing of one block forward (`bench block`, `benches/block.rs`) and the host memcpy
+//! bandwidth it is held against.
