@@ -10,6 +10,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;
+pub mod extract;
 pub mod ffn;
 pub mod inspect;
 pub mod rng;

@@ -4,6 +4,7 @@
 //! resident and an offloaded run give bit-identical outputs.
 
 pub mod bench;
+pub mod io;
 
 use crate::backend::{Backend, ExpertWeights, WeightRef};
 use crate::checkpoint::Checkpoint;
