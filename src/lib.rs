@@ -7,11 +7,13 @@
 
 pub mod backend;
 pub mod bench;
+pub mod block;
 pub mod cache;
 pub mod checkpoint;
 pub mod dtype;
 pub mod engine;
 pub mod error;
+pub mod extract;
 pub mod ffn;
 pub mod generate;
 pub mod inspect;

@@ -26,7 +26,6 @@ use parking_lot::Mutex;
 pub use stats::EngineStats;
 
 use crate::backend::Backend;
-use crate::backend::cpu::CpuBackend;
 use crate::block::{self, BlockInput, BlockOutput};
 use crate::cache::{ExpertKey, PolicyKind};
 use crate::checkpoint::Checkpoint;
@@ -138,20 +137,12 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn make_backend(device: &str, threads: usize) -> Result<Box<dyn Backend>> {
-    match device {
-        "cpu" => Ok(Box::new(CpuBackend::new(threads)?)),
-        "cuda" => Err(crate::backend::cuda_unavailable()),
-        other => Err(Error::InvalidOption(format!("unknown device {other:?} (cpu, cuda)"))),
-    }
-}
-
 impl Engine {
     /// Opens a model folder with `opts`.
     pub fn open(model: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine> {
         let ckpt = Checkpoint::open(model)?;
         let spec = ModelSpec::from_checkpoint(&ckpt)?;
-        let backend = make_backend(&opts.device, opts.threads)?;
+        let backend = block::io::backend_for(&opts.device, opts.threads)?;
         let offload = match &opts.budget {
             Some(b) => Some(offload::Offload::new(&ckpt, &spec, b, &opts)?),
             None => {
