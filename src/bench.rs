@@ -72,7 +72,12 @@ pub fn measure_copy_rate(model: &Path) -> Result<f64> {
 
 /// Runs the decode benchmark on `model` for each budget, with LRU, LFU, LRU + gate prefetch
 /// (or exact prefetch for RRE models) and the naive method.
-pub fn decode(model: &Path, budgets: &[String], w: &Workload, threads: usize) -> Result<DecodeReport> {
+pub fn decode(
+    model: &Path,
+    budgets: &[String],
+    w: &Workload,
+    threads: usize,
+) -> Result<DecodeReport> {
     let copy_rate = measure_copy_rate(model)?;
     let base = EngineOptions { threads, ..EngineOptions::default() };
     let probe = crate::engine::Engine::open(model, base.clone())?;
@@ -114,7 +119,8 @@ pub fn decode(model: &Path, budgets: &[String], w: &Workload, threads: usize) ->
             if naive {
                 naive_tps = r.tokens_per_second;
             }
-            r.speedup_vs_naive = if naive_tps > 0.0 { r.tokens_per_second / naive_tps } else { 0.0 };
+            r.speedup_vs_naive =
+                if naive_tps > 0.0 { r.tokens_per_second / naive_tps } else { 0.0 };
             rows.push(r);
         }
     }
@@ -136,7 +142,11 @@ impl std::fmt::Display for DecodeReport {
                 r.method,
                 r.budget,
                 r.tokens_per_second,
-                if r.speedup_vs_naive > 0.0 { format!("{:.2}", r.speedup_vs_naive) } else { "-".into() },
+                if r.speedup_vs_naive > 0.0 {
+                    format!("{:.2}", r.speedup_vs_naive)
+                } else {
+                    "-".into()
+                },
                 100.0 * r.hit_rate,
                 r.bytes_transferred as f64 / 1e6,
                 r.stall_seconds,

@@ -131,8 +131,7 @@ pub fn run(
     };
     let mut stream = TokenStream::new(w, vocab, &domain_ids);
     let n = w.batch * w.tokens_per_step;
-    let domains: Vec<i64> =
-        (0..n).map(|t| stream.domains[t / w.tokens_per_step]).collect();
+    let domains: Vec<i64> = (0..n).map(|t| stream.domains[t / w.tokens_per_step]).collect();
     let is_rre = spec.blocks.iter().any(|b| b.router.is_rre());
     engine.reset_stats();
     let start = Instant::now();
@@ -152,7 +151,9 @@ pub fn run(
         )?;
         for (b, plan) in plans.iter().enumerate() {
             accesses.extend(
-                plan.per_expert.iter().map(|x| ExpertKey { block: b as u32, expert: x.expert as u32 }),
+                plan.per_expert
+                    .iter()
+                    .map(|x| ExpertKey { block: b as u32, expert: x.expert as u32 }),
             );
             if let Some(o) = observer.as_deref_mut() {
                 o.on_block(step, b, plan)?;
@@ -178,17 +179,18 @@ pub fn run_model(
 ) -> Result<RunOutput> {
     use crate::cache::PolicyKind;
     if opts.budget.is_some() && !opts.naive {
-        let recorded = |steps: usize, opts: &crate::engine::EngineOptions| -> Result<Vec<ExpertKey>> {
-            let resident = crate::engine::EngineOptions {
-                budget: None,
-                future: None,
-                pinned: None,
-                naive: false,
-                ..opts.clone()
+        let recorded =
+            |steps: usize, opts: &crate::engine::EngineOptions| -> Result<Vec<ExpertKey>> {
+                let resident = crate::engine::EngineOptions {
+                    budget: None,
+                    future: None,
+                    pinned: None,
+                    naive: false,
+                    ..opts.clone()
+                };
+                let engine = Engine::open(model, resident)?;
+                Ok(run(&engine, &Workload { steps, ..w.clone() }, None)?.accesses)
             };
-            let engine = Engine::open(model, resident)?;
-            Ok(run(&engine, &Workload { steps, ..w.clone() }, None)?.accesses)
-        };
         match opts.policy {
             PolicyKind::Belady if opts.future.is_none() => {
                 opts.future = Some(recorded(w.steps, &opts)?);
@@ -226,7 +228,9 @@ pub fn summary_table(
     let mode = match (&opts.budget, opts.naive) {
         (None, _) => "resident".to_string(),
         (Some(b), true) => format!("naive, budget {b}"),
-        (Some(b), false) => format!("budget {b}, policy {}, prefetch {}", opts.policy, opts.prefetch),
+        (Some(b), false) => {
+            format!("budget {b}, policy {}, prefetch {}", opts.policy, opts.prefetch)
+        }
     };
     let mut t = String::new();
     use std::fmt::Write;
@@ -238,7 +242,13 @@ pub fn summary_table(
         w.steps, w.batch, w.tokens_per_step, w.seed, w.locality
     );
     let _ = writeln!(t, "tokens     {} ({:.1} tokens/s)", s.tokens, s.tokens_per_second);
-    let _ = writeln!(t, "hits       {} / {} expert uses ({:.1}%)", s.hits, s.hits + s.misses, 100.0 * s.hit_rate);
+    let _ = writeln!(
+        t,
+        "hits       {} / {} expert uses ({:.1}%)",
+        s.hits,
+        s.hits + s.misses,
+        100.0 * s.hit_rate
+    );
     let _ = writeln!(
         t,
         "moved      {} ({} budget, peak resident {})",

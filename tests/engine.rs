@@ -57,7 +57,12 @@ fn resident(model: &Path, threads: usize, w: &Workload) -> RunOutput {
     workload::run_model(model, opts, w, None).unwrap()
 }
 
-fn offloaded(budget: &str, policy: PolicyKind, prefetch: PrefetchMode, threads: usize) -> EngineOptions {
+fn offloaded(
+    budget: &str,
+    policy: PolicyKind,
+    prefetch: PrefetchMode,
+    threads: usize,
+) -> EngineOptions {
     EngineOptions {
         budget: Some(budget.into()),
         policy,
@@ -71,7 +76,12 @@ fn offloaded(budget: &str, policy: PolicyKind, prefetch: PrefetchMode, threads: 
 /// Checks the invariants every offloaded run must satisfy.
 fn check_accounting(out: &RunOutput, expert_bytes: u64) {
     let s = &out.stats;
-    assert!(s.peak_resident_bytes <= s.budget_bytes, "peak {} > budget {}", s.peak_resident_bytes, s.budget_bytes);
+    assert!(
+        s.peak_resident_bytes <= s.budget_bytes,
+        "peak {} > budget {}",
+        s.peak_resident_bytes,
+        s.budget_bytes
+    );
     assert_eq!(s.hits + s.misses, out.accesses.len() as u64);
     // Every miss and every prefetch moves exactly one expert.
     assert_eq!(s.bytes_transferred, (s.misses + s.prefetch_issued) * expert_bytes);
@@ -121,7 +131,8 @@ fn prefill_chunks_and_the_naive_method_match_resident() {
     let tight = offloaded("5%", PolicyKind::Lru, PrefetchMode::None, 2);
     let out = workload::run_model(model, tight, &w, None).unwrap();
     assert_eq!(bits(&out.hidden), bits(&reference.hidden));
-    let naive = EngineOptions { naive: true, ..offloaded("5%", PolicyKind::Lru, PrefetchMode::None, 2) };
+    let naive =
+        EngineOptions { naive: true, ..offloaded("5%", PolicyKind::Lru, PrefetchMode::None, 2) };
     let out = workload::run_model(model, naive, &w, None).unwrap();
     assert_eq!(bits(&out.hidden), bits(&reference.hidden));
     assert_eq!(out.stats.hits, 0, "the naive method keeps nothing");
@@ -175,8 +186,9 @@ fn rre_exact_prefetch_matches_resident_and_cuts_stalls() {
 #[test]
 fn bad_options_give_clear_errors() {
     let model = glam_model();
-    let err = Engine::open(model, EngineOptions { budget: Some("1KiB".into()), ..Default::default() })
-        .unwrap_err();
+    let err =
+        Engine::open(model, EngineOptions { budget: Some("1KiB".into()), ..Default::default() })
+            .unwrap_err();
     assert!(matches!(err, Error::BudgetTooSmall { .. }), "{err}");
     assert!(err.to_string().contains("slot"), "{err}");
     assert!("mru".parse::<PolicyKind>().is_err());
@@ -203,7 +215,8 @@ fn a_failed_copy_is_an_error_and_the_engine_stays_usable() {
     let mut want = input.clone();
     resident.step(&mut want, tokens, 1, None, None).unwrap();
 
-    let engine = Engine::open(model, offloaded("20%", PolicyKind::Lru, PrefetchMode::None, 2)).unwrap();
+    let engine =
+        Engine::open(model, offloaded("20%", PolicyKind::Lru, PrefetchMode::None, 2)).unwrap();
     engine.inject_copy_failure(2);
     let mut h1 = input.clone();
     let err = engine.step(&mut h1, tokens, 1, None, None).unwrap_err();
@@ -220,7 +233,8 @@ fn the_engine_is_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Engine>();
     let model = glam_model();
-    let engine = Engine::open(model, offloaded("25%", PolicyKind::Lru, PrefetchMode::None, 1)).unwrap();
+    let engine =
+        Engine::open(model, offloaded("25%", PolicyKind::Lru, PrefetchMode::None, 1)).unwrap();
     let h = engine.spec().hidden_size;
     let input: Vec<f32> = (0..2 * h).map(|i| (i as f32 * 0.37).sin()).collect();
     let results: Vec<Vec<f32>> = std::thread::scope(|s| {

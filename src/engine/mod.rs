@@ -224,13 +224,15 @@ impl Engine {
         step: usize,
     ) -> Result<BlockOutput> {
         let block = self.spec.blocks.get(index).ok_or_else(|| {
-            Error::input(format!("block {index} out of range (model has {})", self.spec.blocks.len()))
+            Error::input(format!(
+                "block {index} out of range (model has {})",
+                self.spec.blocks.len()
+            ))
         })?;
         match &self.offload {
             Some(o) => {
                 let next_block = next.and_then(|n| self.spec.blocks.get(n));
-                let (out, record) =
-                    o.forward_block(self, block, input, next_block, step)?;
+                let (out, record) = o.forward_block(self, block, input, next_block, step)?;
                 let mut s = self.stats.lock();
                 s.hits += record.hits as u64;
                 s.misses += (record.experts - record.hits) as u64;

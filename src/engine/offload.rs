@@ -31,6 +31,9 @@ struct State {
     peak_resident_bytes: u64,
     prefetch_issued: u64,
     prefetch_used: u64,
+    /// Bytes of every copy submitted (counted when asked for, so copies still in flight at
+    /// the end of a run are included).
+    bytes_requested: u64,
 }
 
 pub(super) struct Offload {
@@ -57,11 +60,8 @@ impl Offload {
         let budget_bytes = cache::parse_budget(budget, spec.total_expert_bytes())?;
         let pinned_bytes: u64 = spec.blocks.iter().map(|b| b.shared_expert_bytes).sum();
         let slot_bytes = spec.max_expert_bytes().div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
-        let num_slots = if slot_bytes == 0 {
-            0
-        } else {
-            (budget_bytes.saturating_sub(pinned_bytes) / slot_bytes) as usize
-        };
+        let num_slots =
+            budget_bytes.saturating_sub(pinned_bytes).checked_div(slot_bytes).unwrap_or(0) as usize;
         // One token needs its k experts of a block at once; the naive method needs one slot.
         let need = if opts.naive {
             1
@@ -98,7 +98,11 @@ impl Offload {
             .map(|p| p.iter().copied().take(num_slots.saturating_sub(need)).collect());
         let policy = cache::make_policy(
             opts.policy,
-            PolicyInit { experts_per_block: experts_per_block.clone(), future: opts.future.clone(), pinned },
+            PolicyInit {
+                experts_per_block: experts_per_block.clone(),
+                future: opts.future.clone(),
+                pinned,
+            },
             num_slots,
         )?;
         let cache = ExpertCache::new(num_slots, &experts_per_block, policy);
@@ -117,6 +121,7 @@ impl Offload {
                 peak_resident_bytes: pinned_bytes,
                 prefetch_issued: 0,
                 prefetch_used: 0,
+                bytes_requested: 0,
             }),
             prefetch: opts.prefetch,
             naive: opts.naive,
@@ -171,6 +176,7 @@ impl Offload {
         }
         let fence = Fence::new();
         st.fences.insert(key, fence.clone());
+        st.bytes_requested += self.expert_bytes[b];
         self.pool.submit(CopyRequest {
             ranges: self.ranges[b][key.expert as usize].clone(),
             slot: placement.slot,
@@ -239,7 +245,7 @@ impl Offload {
             ..Default::default()
         };
         let key_of = |e: usize| ExpertKey { block: block.index as u32, expert: e as u32 };
-        let copied_before = self.pool.bytes_copied();
+        let requested_before = st.bytes_requested;
         let mut stall = 0.0;
         let mut outputs: Vec<Vec<f32>> = vec![Vec::new(); plan.per_expert.len()];
         if self.naive {
@@ -279,11 +285,21 @@ impl Offload {
                     let Some(first) = pending_compute.first().copied() else {
                         return Err(Error::BudgetTooSmall {
                             budget: self.budget_bytes,
-                            reason: format!("no slot can be freed for expert {e} of block {}", block.index),
+                            reason: format!(
+                                "no slot can be freed for expert {e} of block {}",
+                                block.index
+                            ),
                         });
                     };
                     pending_compute.remove(0);
-                    let (y, s) = self.compute_expert(&mut st, engine, block, input, &plan, index_of[&first])?;
+                    let (y, s) = self.compute_expert(
+                        &mut st,
+                        engine,
+                        block,
+                        input,
+                        &plan,
+                        index_of[&first],
+                    )?;
                     stall += s;
                     outputs[index_of[&first]] = y;
                     done.insert(first);
@@ -293,7 +309,8 @@ impl Offload {
                 self.prefetch_next(&mut st, engine, block, &needed_set, nb, input)?;
             }
             for e in pending_compute {
-                let (y, s) = self.compute_expert(&mut st, engine, block, input, &plan, index_of[&e])?;
+                let (y, s) =
+                    self.compute_expert(&mut st, engine, block, input, &plan, index_of[&e])?;
                 stall += s;
                 outputs[index_of[&e]] = y;
             }
@@ -305,11 +322,17 @@ impl Offload {
             engine.backend(),
             input,
         )?;
-        let output =
-            block::combine(block, engine.spec.hidden_size, &plan, input, &outputs, shared.as_deref());
+        let output = block::combine(
+            block,
+            engine.spec.hidden_size,
+            &plan,
+            input,
+            &outputs,
+            shared.as_deref(),
+        );
         record.stall_seconds = stall;
         record.compute_seconds = (t0.elapsed().as_secs_f64() - stall).max(0.0);
-        record.bytes_moved = self.pool.bytes_copied() - copied_before;
+        record.bytes_moved = st.bytes_requested - requested_before;
         Ok((BlockOutput { output, plan }, record))
     }
 
