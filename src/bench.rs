@@ -33,13 +33,18 @@ pub struct DecodeRow {
     pub speedup_vs_naive: f64,
     /// Prefetches issued / used.
     pub prefetch: (u64, u64),
+    /// Whether the final hidden states equal the resident run's bit for bit.
+    pub matches_resident: bool,
 }
 
 /// The whole benchmark.
 #[derive(Debug, Clone, Serialize)]
 pub struct DecodeReport {
-    /// Host copy rate measured in the same run (bytes/s), what `hidden_fraction` is against.
+    /// Copy rate (bytes/s) `hidden_fraction` is measured against: the host copy rate measured
+    /// in the same run, or the emulated link rate when lower.
     pub copy_bytes_per_second: f64,
+    /// The emulated link rate, if any.
+    pub link_bytes_per_second: Option<f64>,
     /// Rows, resident first.
     pub rows: Vec<DecodeRow>,
 }
@@ -71,15 +76,21 @@ pub fn measure_copy_rate(model: &Path) -> Result<f64> {
 }
 
 /// Runs the decode benchmark on `model` for each budget, with LRU, LFU, LRU + gate prefetch
-/// (or exact prefetch for RRE models) and the naive method.
+/// (or exact prefetch for RRE models) and the naive method. `link_bytes_per_second` emulates
+/// a host→device link of that rate (see [`EngineOptions::link_bytes_per_second`]); `None`
+/// copies at memory speed.
 pub fn decode(
     model: &Path,
     budgets: &[String],
     w: &Workload,
     threads: usize,
+    link_bytes_per_second: Option<f64>,
 ) -> Result<DecodeReport> {
-    let copy_rate = measure_copy_rate(model)?;
-    let base = EngineOptions { threads, ..EngineOptions::default() };
+    let copy_rate = match link_bytes_per_second {
+        Some(r) => r.min(measure_copy_rate(model)?),
+        None => measure_copy_rate(model)?,
+    };
+    let base = EngineOptions { threads, link_bytes_per_second, ..EngineOptions::default() };
     let probe = crate::engine::Engine::open(model, base.clone())?;
     let rre = probe.spec().blocks.iter().any(|b| b.router.is_rre());
     drop(probe);
@@ -93,6 +104,7 @@ pub fn decode(
         hidden_fraction: s.hidden_fraction(copy_rate),
         speedup_vs_naive: 0.0,
         prefetch: (s.prefetch_issued, s.prefetch_used),
+        matches_resident: true,
     };
     let mut rows = Vec::new();
     let resident = workload::run_model(model, base.clone(), w, None)?;
@@ -116,6 +128,7 @@ pub fn decode(
             };
             let out = workload::run_model(model, opts, w, None)?;
             let mut r = row(name, budget, &out.stats);
+            r.matches_resident = bits(&out.hidden) == bits(&resident.hidden);
             if naive {
                 naive_tps = r.tokens_per_second;
             }
@@ -124,21 +137,32 @@ pub fn decode(
             rows.push(r);
         }
     }
-    Ok(DecodeReport { copy_bytes_per_second: copy_rate, rows })
+    Ok(DecodeReport { copy_bytes_per_second: copy_rate, link_bytes_per_second, rows })
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 impl std::fmt::Display for DecodeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "host copy rate (1 thread): {:.2} GB/s", self.copy_bytes_per_second / 1e9)?;
+        match self.link_bytes_per_second {
+            Some(l) => writeln!(f, "copies: emulated link of {:.2} GB/s", l / 1e9)?,
+            None => writeln!(
+                f,
+                "copies: memcpy from the page cache, {:.2} GB/s (1 thread, measured)",
+                self.copy_bytes_per_second / 1e9
+            )?,
+        }
         writeln!(
             f,
-            "| method | budget | tokens/s | × naive | hit rate | moved MB | stall s | hidden | prefetch used/issued |"
+            "| method | budget | tokens/s | × naive | hit rate | moved MB | stall s | hidden | prefetch used/issued | = resident |"
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|")?;
         for r in &self.rows {
             writeln!(
                 f,
-                "| {} | {} | {:.1} | {} | {:.1}% | {:.1} | {:.3} | {:.0}% | {}/{} |",
+                "| {} | {} | {:.1} | {} | {:.1}% | {:.1} | {:.3} | {:.0}% | {}/{} | {} |",
                 r.method,
                 r.budget,
                 r.tokens_per_second,
@@ -152,7 +176,8 @@ impl std::fmt::Display for DecodeReport {
                 r.stall_seconds,
                 100.0 * r.hidden_fraction,
                 r.prefetch.1,
-                r.prefetch.0
+                r.prefetch.0,
+                if r.matches_resident { "bit-identical" } else { "DIFFERS" }
             )?;
         }
         Ok(())

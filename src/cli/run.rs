@@ -50,6 +50,9 @@ pub struct Args {
     /// Copy worker threads.
     #[arg(long, default_value_t = 1)]
     pub copy_threads: usize,
+    /// Emulate a host→device link of this many GB/s (CPU copies are memcpys otherwise).
+    #[arg(long)]
+    pub link_gbps: Option<f64>,
     /// Write the stats as JSON here.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
@@ -72,6 +75,7 @@ impl Args {
             threads: self.threads,
             copy_threads: self.copy_threads,
             naive: self.naive,
+            link_bytes_per_second: self.link_gbps.map(|g| g * 1e9),
             ..EngineOptions::default()
         };
         let w = Workload {

@@ -31,6 +31,9 @@ struct State {
     peak_resident_bytes: u64,
     prefetch_issued: u64,
     prefetch_used: u64,
+    /// The step each key was last used in: prefetch only evicts keys idle for a whole step,
+    /// so a speculative fetch never pushes out the working set of the step before.
+    last_use: HashMap<ExpertKey, usize>,
     /// Bytes of every copy submitted (counted when asked for, so copies still in flight at
     /// the end of a run are included).
     bytes_requested: u64,
@@ -122,6 +125,7 @@ impl Offload {
                 prefetch_issued: 0,
                 prefetch_used: 0,
                 bytes_requested: 0,
+                last_use: HashMap::new(),
             }),
             prefetch: opts.prefetch,
             naive: opts.naive,
@@ -255,6 +259,7 @@ impl Offload {
             let mut needed: Vec<(usize, usize)> = Vec::with_capacity(plan.per_expert.len());
             for b in &plan.per_expert {
                 let key = key_of(b.expert);
+                st.last_use.insert(key, step);
                 if st.cache.access(key) {
                     record.hits += 1;
                     if st.prefetched.remove(&key) {
@@ -306,7 +311,7 @@ impl Offload {
                 }
             }
             if let Some(nb) = next {
-                self.prefetch_next(&mut st, engine, block, &needed_set, nb, input)?;
+                self.prefetch_next(&mut st, engine, block, &needed_set, nb, input, step)?;
             }
             for e in pending_compute {
                 let (y, s) =
@@ -368,8 +373,10 @@ impl Offload {
     }
 
     /// Fetches the next block's experts ahead of need: exactly (RRE) or by applying its router
-    /// to this block's input (gate). Never evicts what this block or the next one needs, and
-    /// stops quietly when no slot can be freed.
+    /// to this block's input (gate). Never evicts what this block or the next one needs, nor
+    /// anything used in this step or the one before, and stops quietly when no slot can be
+    /// freed: under a budget smaller than a step's working set, speculation would only evict
+    /// experts that are about to be used again.
     fn prefetch_next(
         &self,
         st: &mut State,
@@ -378,6 +385,7 @@ impl Offload {
         current_needed: &HashSet<usize>,
         next: &BlockSpec,
         input: &BlockInput,
+        step: usize,
     ) -> Result<()> {
         let wanted = match (self.prefetch, next.router.is_rre()) {
             (PrefetchMode::None, _) => return Ok(()),
@@ -388,10 +396,14 @@ impl Offload {
             wanted.per_expert.iter().map(|b| (b.expert, b.tokens.len())).collect();
         order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let next_set: HashSet<usize> = order.iter().map(|&(e, _)| e).collect();
+        let recent_keys: HashSet<ExpertKey> =
+            st.last_use.iter().filter(|&(_, &s)| s + 1 >= step).map(|(k, _)| *k).collect();
+        let recent = |k: &ExpertKey| recent_keys.contains(k);
         let protect = |k: ExpertKey| {
             let e = k.expert as usize;
             !((k.block as usize == current.index && current_needed.contains(&e))
-                || (k.block as usize == next.index && next_set.contains(&e)))
+                || (k.block as usize == next.index && next_set.contains(&e))
+                || recent(&k))
         };
         for (e, _) in order {
             let key = ExpertKey { block: next.index as u32, expert: e as u32 };

@@ -32,6 +32,9 @@ pub struct Args {
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Emulate a host→device link of this many GB/s (CPU copies are memcpys otherwise).
+    #[arg(long)]
+    link_gbps: Option<f64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -49,7 +52,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         locality: args.locality,
     };
-    let report = moe_offload::bench::decode(&args.model, &args.budgets, &w, args.threads)?;
+    let report = moe_offload::bench::decode(
+        &args.model,
+        &args.budgets,
+        &w,
+        args.threads,
+        args.link_gbps.map(|g| g * 1e9),
+    )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
