@@ -34,6 +34,8 @@ struct State {
     /// The step each key was last used in: prefetch only evicts keys idle for a whole step,
     /// so a speculative fetch never pushes out the working set of the step before.
     last_use: HashMap<ExpertKey, usize>,
+    /// The step of the block being run.
+    step: usize,
     /// Bytes of every copy submitted (counted when asked for, so copies still in flight at
     /// the end of a run are included).
     bytes_requested: u64,
@@ -126,6 +128,7 @@ impl Offload {
                 prefetch_used: 0,
                 bytes_requested: 0,
                 last_use: HashMap::new(),
+                step: 0,
             }),
             prefetch: opts.prefetch,
             naive: opts.naive,
@@ -240,6 +243,7 @@ impl Offload {
         step: usize,
     ) -> Result<(BlockOutput, BlockRecord)> {
         let mut st = self.state.lock();
+        st.step = step;
         let t0 = Instant::now();
         let plan = block::route(&engine.ckpt, &engine.spec, block, engine.backend(), input)?;
         let mut record = BlockRecord {
@@ -311,7 +315,7 @@ impl Offload {
                 }
             }
             if let Some(nb) = next {
-                self.prefetch_next(&mut st, engine, block, &needed_set, nb, input, step)?;
+                self.prefetch_next(&mut st, engine, block, &needed_set, nb, input)?;
             }
             for e in pending_compute {
                 let (y, s) =
@@ -385,8 +389,8 @@ impl Offload {
         current_needed: &HashSet<usize>,
         next: &BlockSpec,
         input: &BlockInput,
-        step: usize,
     ) -> Result<()> {
+        let step = st.step;
         let wanted = match (self.prefetch, next.router.is_rre()) {
             (PrefetchMode::None, _) => return Ok(()),
             (PrefetchMode::Exact, false) => return Ok(()),
