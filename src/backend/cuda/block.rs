@@ -292,4 +292,44 @@ impl CudaBackend {
         unsafe { b.launch(elementwise(out.len())) }.map_err(|e| drv("launching combine", e))?;
         self.download(&od, out)
     }
+
+    /// Benchmark helper: an f32 input resident on the device (uploaded before any timing, so
+    /// that its copy does not queue behind an expert copy on the copy engine).
+    pub(crate) fn device_input(&self, x: &[f32]) -> Result<cudarc::driver::CudaSlice<f32>> {
+        let _guard = self.blas.lock();
+        let xd = self.upload(x)?;
+        self.stream().synchronize().map_err(|e| drv("uploading an input", e))?;
+        Ok(xd)
+    }
+
+    /// Benchmark helper: `rounds` FFNs of the `tokens` rows of `xd` with weights from `slot`;
+    /// returns the wall seconds from the first launch to the compute stream's completion (the
+    /// copy stream is not waited for, so copies may overlap).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn time_slot_ffn(
+        &self,
+        ffn: FfnKind,
+        slots: &DeviceSlots,
+        slot: usize,
+        layout: &super::options::ExpertLayout,
+        xd: &cudarc::driver::CudaSlice<f32>,
+        tokens: usize,
+        rounds: usize,
+    ) -> Result<f64> {
+        if xd.len() < tokens * layout.hidden {
+            return Err(Error::input("benchmark input smaller than tokens × hidden".to_string()));
+        }
+        let blas = self.blas.lock();
+        let st = self.stream();
+        st.synchronize().map_err(|e| drv("synchronising before timing", e))?;
+        let t0 = std::time::Instant::now();
+        for _ in 0..rounds.max(1) {
+            let base = slots.acquire_for_compute(slot, st)?;
+            let y = self.ffn_device(&blas, ffn, layout, base, xd, tokens);
+            slots.release_after_compute(slot, st)?;
+            drop(y?);
+        }
+        st.synchronize().map_err(|e| drv("timing expert FFNs", e))?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
 }

@@ -39,7 +39,7 @@ mod bench;
 mod options;
 pub mod plan;
 
-pub use bench::{TransferBenchOptions, TransferBenchReport, TransferBenchRow};
+pub use bench::{OverlapResult, TransferBenchOptions, TransferBenchReport, TransferBenchRow};
 pub use options::{
     CudaInfo, DEFAULT_RING_THREADS, ExpertLayout, LD_LIBRARY_PATH_HINT, Libraries, SLOT_ALIGN,
     SlotExpert, TensorSlot, TransferOptions, TransferPath, TransferStats, parse_list, slot_stride,
