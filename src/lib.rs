@@ -14,6 +14,7 @@ pub mod ffn;
 pub mod inspect;
 pub mod rng;
 pub mod routing;
+pub mod sim;
 pub mod spec;
 
 pub use checkpoint::{Checkpoint, TensorView};
