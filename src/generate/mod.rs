@@ -28,6 +28,11 @@ use crate::spec::{Family, ModelSpec};
 /// The preset names `gen` knows, in the order `--help` lists them.
 pub const PRESETS: [&str; 4] = ["demo-glam", "demo-pangu", "mixtral-8x7b-shape", "glam-64e-shape"];
 
+/// Version of the value generation, recorded in `config.json` as `gen_version`: bump it whenever
+/// a change makes the same options produce different values, so that [`ensure_model`] regenerates
+/// models written by an older version.
+pub const GEN_VERSION: u64 = 1;
+
 /// Default shard size: 4 GiB, as `--shard-size` documents.
 pub const DEFAULT_SHARD_SIZE: u64 = 4 << 30;
 
@@ -201,12 +206,13 @@ impl GenOptions {
     }
 
     /// The `config.json` this model is written with: exactly the fields `src/spec/native.rs`
-    /// reads, plus `dtype`, `preset`, `seed`, `vocab_size`, `router_skew` (glam) and `map_seed`
-    /// (pangu_sigma), which readers ignore and which record how the model was made.
+    /// reads, plus `dtype`, `preset`, `gen_version`, `seed`, `vocab_size`, `router_skew` (glam) and
+    /// `map_seed` (pangu_sigma), which readers ignore and which record how the model was made.
     pub fn config_json(&self) -> Value {
         let mut c = json!({
             "model_type": self.family.model_type(),
             "preset": self.preset,
+            "gen_version": GEN_VERSION,
             "seed": self.seed,
             "dtype": self.dtype.name(),
             "hidden_size": self.hidden,
