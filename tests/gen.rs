@@ -392,3 +392,40 @@ fn capacity_options_reach_the_config() {
     let spec = ModelSpec::from_checkpoint(&Checkpoint::open(&dir).unwrap()).unwrap();
     assert!(format!("{:?}", spec.blocks[0].router).contains("Fraction(0.5)"));
 }
+
+#[test]
+fn ensure_model_generates_only_when_needed() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("m");
+    let mut o = small_glam();
+    let ensure = |o: &GenOptions| moe_offload::generate::ensure_model(o, &dir, &|_, _| {}).unwrap();
+    assert!(ensure(&o), "absent: generated");
+    assert!(!ensure(&o), "present and equal: kept");
+    o.router_skew = 0.5;
+    assert!(ensure(&o), "config differs: regenerated");
+    assert_eq!(read_config(&dir)["router_skew"], 0.5);
+    // A damaged weights file is regenerated even though the config matches.
+    std::fs::write(dir.join("model.safetensors"), b"garbage").unwrap();
+    assert!(ensure(&o), "unloadable: regenerated");
+    assert!(!ensure(&o));
+}
+
+/// The README's first command, on a temp folder: generates, prints the summary and the routing
+/// of a sample batch; a second run reuses the model.
+#[test]
+fn demo_generates_then_reuses_the_model() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("demo");
+    let run = || {
+        let out = cli(&["demo", "--dir", path_str(&dir), "--tokens", "64"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run();
+    assert!(first.contains("generated"), "{first}");
+    for needle in ["family       glam", "layers.7.moe", "routing of a sample batch", "20% budget"] {
+        assert!(first.contains(needle), "demo output lacks {needle:?}:\n{first}");
+    }
+    let second = run();
+    assert!(second.contains("already generated"), "{second}");
+}
