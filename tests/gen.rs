@@ -429,3 +429,15 @@ fn demo_generates_then_reuses_the_model() {
     let second = run();
     assert!(second.contains("already generated"), "{second}");
 }
+
+#[test]
+fn never_overwrites_a_model_gen_did_not_write() {
+    let tmp = TempDir::new().unwrap();
+    let dir = tmp.path().join("hf");
+    let golden = common::golden_cases().remove(0);
+    common::copy_model(&golden, &dir);
+    let before = file_bytes(&dir);
+    let e = generate(&small_glam(), &dir, &|_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("gen did not write"), "{e}");
+    assert_eq!(file_bytes(&dir), before, "the foreign model was touched");
+}

@@ -284,13 +284,16 @@ pub(crate) fn tag(s: &str) -> u64 {
     s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3))
 }
 
-/// Writes the model described by `opts` into folder `out` (created if needed; an existing
-/// model there — `config.json`, `model*.safetensors`, the index — is replaced, other files are
-/// left alone). `progress(written, total)` is called as tensor bytes reach the writer.
+/// Writes the model described by `opts` into folder `out`, created if needed.
+///
+/// A model that `gen` wrote there before (`config.json`, `model*.safetensors`, the index) is
+/// replaced and other files are left alone; a model that `gen` did not write is never replaced
+/// (an error). `progress(written, total)` is called as tensor bytes reach the writer.
 /// `config.json` is written last, so an interrupted run leaves no loadable half-model.
 pub fn generate(opts: &GenOptions, out: &Path, progress: &dyn Fn(u64, u64)) -> Result<GenSummary> {
     opts.validate()?;
     let plan = plan_tensors(opts);
+    refuse_foreign_model(out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     writer::remove_previous_model(out)?;
     let files = writer::write_shards(out, opts, &plan, progress)?;
@@ -308,6 +311,26 @@ pub fn generate(opts: &GenOptions, out: &Path, progress: &dyn Fn(u64, u64)) -> R
         expert_bytes: opts.expert_bytes(),
         total_expert_bytes: opts.expert_bytes() * opts.experts_per_block() as u64 * layers,
     })
+}
+
+/// Refuses to write into a folder whose `config.json` was not written by `gen` (it has no
+/// `gen_version`): replacing it would delete someone's checkpoint.
+fn refuse_foreign_model(out: &Path) -> Result<()> {
+    let path = out.join(CONFIG_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let ours = crate::checkpoint::read_config(&path)
+        .map(|c| c.get("gen_version").is_some())
+        .unwrap_or(false);
+    if ours {
+        Ok(())
+    } else {
+        Err(Error::InvalidOption(format!(
+            "{} holds a model that gen did not write; choose another --out folder",
+            out.display()
+        )))
+    }
 }
 
 /// Makes sure folder `out` holds the model of `opts`: generates it when it is absent, does not
