@@ -74,7 +74,8 @@ fn expected_blocks(dir: &Path) -> (Vec<Expected>, String, u64) {
                 .or_else(|| header.get(&format!("{p}.router.classifier.weight")))
                 .unwrap();
             let num_experts = gate.shape[0] as u64;
-            // Expert 0's tensors: `experts.0.` (mixtral, qwen) or `experts.expert_0.` (nllb, switch).
+            // Expert 0's tensors: `experts.0.` (mixtral, qwen) or `experts.expert_0.`
+            // (nllb, switch).
             let e0 = [format!("{p}.experts.0."), format!("{p}.experts.expert_0.")]
                 .into_iter()
                 .find(|x| header.keys().any(|n| n.starts_with(x.as_str())))
