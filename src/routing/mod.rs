@@ -1,7 +1,10 @@
 //! Routing: from gate logits (learned routers) or token ids (PanGu-Σ RRE) to a plan that says,
 //! per expert, which tokens it serves and with which weights. Knows nothing of where weights are.
 
+pub mod gshard;
 pub mod rre;
+pub mod switch;
+pub mod topk;
 
 use serde::{Deserialize, Serialize};
 
