@@ -21,6 +21,7 @@ pub mod io;
 pub mod rng;
 pub mod routing;
 pub mod schedule;
+pub mod sim;
 pub mod spec;
 pub mod transfer;
 pub mod workload;

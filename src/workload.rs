@@ -264,3 +264,45 @@ pub fn summary_table(
     let _ = writeln!(t, "prefetch   {} issued, {} used", s.prefetch_issued, s.prefetch_used);
     t
 }
+
+/// Writes a run's block executions as a routing trace (`docs/TRACE.md`). Experts of a block
+/// are listed in ascending index, the order the engine looks them up in the cache, so that
+/// replaying the trace reproduces the run's hits and misses.
+pub struct TraceObserver {
+    writer: crate::sim::trace::TraceWriter,
+}
+
+impl TraceObserver {
+    /// Creates `path` with a header describing `spec`.
+    pub fn create(
+        path: &std::path::Path,
+        model: &std::path::Path,
+        spec: &crate::spec::ModelSpec,
+        w: &Workload,
+    ) -> Result<TraceObserver> {
+        let header = crate::sim::trace::TraceHeader {
+            version: crate::sim::trace::TRACE_VERSION,
+            model: Some(model.display().to_string()),
+            blocks: spec.blocks.len(),
+            experts_per_block: spec.blocks.iter().map(|b| b.num_experts()).collect(),
+            expert_bytes: spec.blocks.iter().map(|b| b.expert_bytes).collect(),
+            hidden_size: spec.hidden_size,
+            top_k: spec.blocks.iter().map(|b| b.router.top_k()).max(),
+            tokens_per_step: Some(w.batch * w.tokens_per_step),
+        };
+        Ok(TraceObserver { writer: crate::sim::trace::TraceWriter::create(path, &header)? })
+    }
+
+    /// Flushes the trace.
+    pub fn finish(self) -> Result<()> {
+        self.writer.finish().map(|_| ())
+    }
+}
+
+impl RunObserver for TraceObserver {
+    fn on_block(&mut self, step: usize, block: usize, plan: &RoutingPlan) -> Result<()> {
+        let experts: Vec<(u32, u32)> =
+            plan.per_expert.iter().map(|b| (b.expert as u32, b.tokens.len() as u32)).collect();
+        self.writer.write_block(step as u64, block as u32, &experts)
+    }
+}

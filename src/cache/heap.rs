@@ -14,12 +14,14 @@ const ABSENT: u32 = u32::MAX;
 pub(crate) struct IndexedHeap<K> {
     heap: Vec<(K, u32)>,
     pos: Vec<u32>,
+    /// Scratch for [`IndexedHeap::min_matching`], kept to avoid an allocation per search.
+    frontier: BinaryHeap<Reverse<(K, u32)>>,
 }
 
 impl<K: Ord + Copy> IndexedHeap<K> {
     /// An empty heap for indices `0..capacity`.
     pub(crate) fn new(capacity: usize) -> Self {
-        IndexedHeap { heap: Vec::new(), pos: vec![ABSENT; capacity] }
+        IndexedHeap { heap: Vec::new(), pos: vec![ABSENT; capacity], frontier: BinaryHeap::new() }
     }
 
     /// Inserts `idx` with `key`, or changes its key if present.
@@ -66,21 +68,25 @@ impl<K: Ord + Copy> IndexedHeap<K> {
 
     /// The index with the smallest key among those for which `ok` is true. Explores the heap in
     /// key order from the root, so the cost grows only with the number of rejected entries.
-    pub(crate) fn min_matching(&self, ok: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
+    pub(crate) fn min_matching(&mut self, ok: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         let (_, root) = *self.heap.first()?;
         if ok(root as usize) {
             return Some(root as usize);
         }
-        let mut frontier: BinaryHeap<Reverse<(K, u32)>> = BinaryHeap::new();
+        let mut frontier = std::mem::take(&mut self.frontier);
+        frontier.clear();
         self.push_children(0, &mut frontier);
+        let mut found = None;
         while let Some(Reverse((_, p))) = frontier.pop() {
             let idx = self.heap[p as usize].1 as usize;
             if ok(idx) {
-                return Some(idx);
+                found = Some(idx);
+                break;
             }
             self.push_children(p as usize, &mut frontier);
         }
-        None
+        self.frontier = frontier;
+        found
     }
 
     fn push_children(&self, p: usize, frontier: &mut BinaryHeap<Reverse<(K, u32)>>) {

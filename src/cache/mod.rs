@@ -8,14 +8,16 @@
 mod belady;
 pub mod budget;
 mod heap;
+mod lfu;
 mod list;
 pub mod policy;
 
 use serde::{Deserialize, Serialize};
 
-pub use belady::Belady;
+pub use belady::{Belady, FutureIndex};
 pub use budget::parse_budget;
-pub use policy::{Lfu, Lru, Policy, PolicyInit, PolicyKind, Static, make_policy};
+pub use lfu::Lfu;
+pub use policy::{Lru, Policy, PolicyInit, PolicyKind, Static, make_policy};
 
 use crate::{Error, Result};
 
@@ -213,6 +215,13 @@ impl ExpertCache {
     #[inline]
     pub fn slot_of(&self, key: ExpertKey) -> Option<usize> {
         let s = self.slot_of[self.index.index(key)?];
+        (s != NONE).then_some(s as usize)
+    }
+
+    /// The slot holding dense index `idx`, if resident.
+    #[inline]
+    pub fn slot_of_index(&self, idx: usize) -> Option<usize> {
+        let s = *self.slot_of.get(idx)?;
         (s != NONE).then_some(s as usize)
     }
 

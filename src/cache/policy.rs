@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::belady::Belady;
-use super::heap::IndexedHeap;
+use super::lfu::Lfu;
 use super::list::RecencyList;
 use super::{ExpertKey, KeyIndex};
 use crate::{Error, Result};
@@ -174,49 +174,6 @@ impl Policy for Lru {
     }
     fn victim(&mut self, _now: u64, evictable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         self.order.first_matching(evictable)
-    }
-}
-
-/// Least frequently used: the victim has the fewest accesses (counted since the start, across
-/// evictions, so a popular expert that was pushed out comes back strong); ties go to the one
-/// accessed or inserted longest ago.
-#[derive(Debug, Clone)]
-pub struct Lfu {
-    counts: Vec<u64>,
-    /// Resident experts keyed by (count, recency tick).
-    order: IndexedHeap<(u64, u64)>,
-    /// A private event counter: finer than the clock, so inserts between accesses stay ordered.
-    tick: u64,
-}
-
-impl Lfu {
-    /// An LFU policy over `num_keys` dense indices.
-    pub fn new(num_keys: usize) -> Self {
-        Lfu { counts: vec![0; num_keys], order: IndexedHeap::new(num_keys), tick: 0 }
-    }
-}
-
-impl Policy for Lfu {
-    fn name(&self) -> &'static str {
-        "lfu"
-    }
-    #[inline]
-    fn on_access(&mut self, idx: usize, _t: u64, resident: bool) {
-        self.counts[idx] += 1;
-        self.tick += 1;
-        if resident {
-            self.order.set(idx, (self.counts[idx], self.tick));
-        }
-    }
-    fn on_insert(&mut self, idx: usize, _now: u64) {
-        self.tick += 1;
-        self.order.set(idx, (self.counts[idx], self.tick));
-    }
-    fn on_remove(&mut self, idx: usize) {
-        self.order.remove(idx);
-    }
-    fn victim(&mut self, _now: u64, evictable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
-        self.order.min_matching(evictable)
     }
 }
 

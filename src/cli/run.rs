@@ -92,10 +92,23 @@ impl Args {
 /// Runs `run`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (opts, w) = args.to_options()?;
-    if args.trace_out.is_some() {
-        anyhow::bail!("--trace-out: TRACE-PENDING");
+    let mut trace = match &args.trace_out {
+        Some(p) => {
+            let ckpt = moe_offload::Checkpoint::open(&args.model)?;
+            let spec = moe_offload::ModelSpec::from_checkpoint(&ckpt)?;
+            Some(workload::TraceObserver::create(p, &args.model, &spec, &w)?)
+        }
+        None => None,
+    };
+    let out = workload::run_model(
+        &args.model,
+        opts.clone(),
+        &w,
+        trace.as_mut().map(|t| t as &mut dyn workload::RunObserver),
+    )?;
+    if let Some(t) = trace {
+        t.finish()?;
     }
-    let out = workload::run_model(&args.model, opts.clone(), &w, None)?;
     print!("{}", workload::summary_table(&args.model, &opts, &w, &out.stats));
     if let Some(p) = &args.stats_json {
         let json = serde_json::to_string_pretty(&out.stats)?;

@@ -18,9 +18,6 @@ use crate::transfer::{ByteRange, CopyRequest, Fence, SlotArena, TransferPool, co
 
 use super::{Engine, EngineOptions, PrefetchMode};
 
-/// Slot sizes are rounded up to this, so every slot starts 64-byte aligned.
-const SLOT_ALIGN: u64 = 64;
-
 struct State {
     cache: ExpertCache,
     /// The copy that filled each resident key's slot.
@@ -64,7 +61,9 @@ impl Offload {
     ) -> Result<Offload> {
         let budget_bytes = cache::parse_budget(budget, spec.total_expert_bytes())?;
         let pinned_bytes: u64 = spec.blocks.iter().map(|b| b.shared_expert_bytes).sum();
-        let slot_bytes = spec.max_expert_bytes().div_ceil(SLOT_ALIGN) * SLOT_ALIGN;
+        // Each slot is its own 8-byte-aligned buffer, so slots are exactly one expert large and
+        // the slot count is the one the simulator derives from a trace header.
+        let slot_bytes = spec.max_expert_bytes();
         let num_slots =
             budget_bytes.saturating_sub(pinned_bytes).checked_div(slot_bytes).unwrap_or(0) as usize;
         // One token needs its k experts of a block at once; the naive method needs one slot.

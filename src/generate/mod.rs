@@ -28,6 +28,11 @@ use crate::spec::{Family, ModelSpec};
 /// The preset names `gen` knows, in the order `--help` lists them.
 pub const PRESETS: [&str; 4] = ["demo-glam", "demo-pangu", "mixtral-8x7b-shape", "glam-64e-shape"];
 
+/// Version of the value generation, recorded in `config.json` as `gen_version`: bump it whenever
+/// a change makes the same options produce different values, so that [`ensure_model`] regenerates
+/// models written by an older version.
+pub const GEN_VERSION: u64 = 1;
+
 /// Default shard size: 4 GiB, as `--shard-size` documents.
 pub const DEFAULT_SHARD_SIZE: u64 = 4 << 30;
 
@@ -201,12 +206,13 @@ impl GenOptions {
     }
 
     /// The `config.json` this model is written with: exactly the fields `src/spec/native.rs`
-    /// reads, plus `dtype`, `preset`, `seed`, `vocab_size`, `router_skew` (glam) and `map_seed`
-    /// (pangu_sigma), which readers ignore and which record how the model was made.
+    /// reads, plus `dtype`, `preset`, `gen_version`, `seed`, `vocab_size`, `router_skew` (glam) and
+    /// `map_seed` (pangu_sigma), which readers ignore and which record how the model was made.
     pub fn config_json(&self) -> Value {
         let mut c = json!({
             "model_type": self.family.model_type(),
             "preset": self.preset,
+            "gen_version": GEN_VERSION,
             "seed": self.seed,
             "dtype": self.dtype.name(),
             "hidden_size": self.hidden,
@@ -278,13 +284,16 @@ pub(crate) fn tag(s: &str) -> u64 {
     s.bytes().fold(0xCBF2_9CE4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01B3))
 }
 
-/// Writes the model described by `opts` into folder `out` (created if needed; an existing
-/// model there — `config.json`, `model*.safetensors`, the index — is replaced, other files are
-/// left alone). `progress(written, total)` is called as tensor bytes reach the writer.
+/// Writes the model described by `opts` into folder `out`, created if needed.
+///
+/// A model that `gen` wrote there before (`config.json`, `model*.safetensors`, the index) is
+/// replaced and other files are left alone; a model that `gen` did not write is never replaced
+/// (an error). `progress(written, total)` is called as tensor bytes reach the writer.
 /// `config.json` is written last, so an interrupted run leaves no loadable half-model.
 pub fn generate(opts: &GenOptions, out: &Path, progress: &dyn Fn(u64, u64)) -> Result<GenSummary> {
     opts.validate()?;
     let plan = plan_tensors(opts);
+    refuse_foreign_model(out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     writer::remove_previous_model(out)?;
     let files = writer::write_shards(out, opts, &plan, progress)?;
@@ -302,6 +311,26 @@ pub fn generate(opts: &GenOptions, out: &Path, progress: &dyn Fn(u64, u64)) -> R
         expert_bytes: opts.expert_bytes(),
         total_expert_bytes: opts.expert_bytes() * opts.experts_per_block() as u64 * layers,
     })
+}
+
+/// Refuses to write into a folder whose `config.json` was not written by `gen` (it has no
+/// `gen_version`): replacing it would delete someone's checkpoint.
+fn refuse_foreign_model(out: &Path) -> Result<()> {
+    let path = out.join(CONFIG_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let ours = crate::checkpoint::read_config(&path)
+        .map(|c| c.get("gen_version").is_some())
+        .unwrap_or(false);
+    if ours {
+        Ok(())
+    } else {
+        Err(Error::InvalidOption(format!(
+            "{} holds a model that gen did not write; choose another --out folder",
+            out.display()
+        )))
+    }
 }
 
 /// Makes sure folder `out` holds the model of `opts`: generates it when it is absent, does not

@@ -13,10 +13,11 @@ use super::{GenOptions, tag};
 /// Elements per value chunk (the unit of determinism and of parallel work).
 pub const CHUNK_ELEMS: usize = 1 << 16;
 
-/// Scale of the down projection relative to `1/sqrt(ffn)`: with up/gate drawn at
-/// `1/sqrt(hidden)`, a unit-variance input gives O(1) pre-activations, and a block's output has
-/// a standard deviation of about 0.3 (SwiGLU) — small enough that `h ← h + block(h)` stays O(1)
-/// over tens of blocks, large enough that every block changes the hidden state visibly.
+/// Largest scale of the down projection relative to `1/sqrt(ffn)`. With up/gate drawn at
+/// `1/sqrt(hidden)`, a unit-RMS input gives O(1) pre-activations; the down projection is then
+/// scaled by `min(DOWN_SCALE, 1/sqrt(2·layers))`, GPT-2's residual scaling (Radford et al.
+/// 2019: residual-path weights × 1/√N), so that `h ← h + block(h)` stays O(1) through every
+/// block of the model even though a GLU block grows faster than linearly with its input.
 const DOWN_SCALE: f64 = 0.5;
 
 /// Standard deviation of expert biases (small: they shift, not dominate, the activations).
@@ -149,6 +150,7 @@ pub fn plan_tensors(opts: &GenOptions) -> Vec<TensorPlan> {
         }
     }
     let w = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
+    let down_scale = DOWN_SCALE.min(1.0 / (2.0 * opts.layers as f64).sqrt());
     for l in 0..opts.layers {
         let p = crate::spec::native_block_prefix(l);
         if !rre {
@@ -166,7 +168,7 @@ pub fn plan_tensors(opts: &GenOptions) -> Vec<TensorPlan> {
                 plan.push(named(g, opts.dtype.clone(), vec![f, h], Fill::Uniform { std: w(h) }));
             }
             plan.push(named(t.up, opts.dtype.clone(), vec![f, h], Fill::Uniform { std: w(h) }));
-            let down = Fill::Uniform { std: DOWN_SCALE * w(f) };
+            let down = Fill::Uniform { std: down_scale * w(f) };
             plan.push(named(t.down, opts.dtype.clone(), vec![h, f], down));
             let bias = Fill::Uniform { std: BIAS_STD };
             if let Some(b) = t.up_bias {

@@ -121,7 +121,11 @@ fn header(plan: &[TensorPlan], shard: &Shard) -> Result<Vec<u8>> {
         let end = offset + t.byte_len();
         map.insert(
             t.name.clone(),
-            json!({"dtype": t.dtype.safetensors_name(), "shape": t.shape, "data_offsets": [offset, end]}),
+            json!({
+                "dtype": t.dtype.safetensors_name(),
+                "shape": t.shape,
+                "data_offsets": [offset, end],
+            }),
         );
         offset = end;
     }
