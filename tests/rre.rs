@@ -62,7 +62,7 @@ fn map_is_balanced_and_seeded() {
     let (_d, ckpt, spec) = model();
     for b in &spec.blocks {
         let map = ckpt.tensor(b.rre_map.as_deref().unwrap()).unwrap().to_i64().unwrap();
-        let mut counts = vec![0usize; P.k];
+        let mut counts = [0usize; P.k];
         for &m in &map {
             counts[m as usize] += 1;
         }
