@@ -21,6 +21,12 @@ use crate::ffn::FfnKind;
 /// (fits a typical 256 KiB–1 MiB L2 next to the activations).
 const DECODE_TILE_BYTES: usize = 256 * 1024;
 
+/// Up to this many rows (tokens), products use the streaming kernel [`rows_small`] instead of
+/// gemm: measured on the 2-core VM, gemm 0.19 at m = 2–8 ran ~4× slower than reading the
+/// weights once (it packs and pads for its microkernel), while this kernel reads each weight
+/// row once from memory and reuses it from L1 for every token.
+const SMALL_M: usize = 16;
+
 /// Minimum output features per parallel range: below this, splitting costs more in
 /// scheduling than it gains.
 const MIN_ROWS_PER_TASK: usize = 16;
@@ -136,6 +142,78 @@ unsafe fn gemm_rows(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: *mu
     }
 }
 
+/// Dot products of 4 rows of `x` with one weight row `w`, in 8 f32 lanes (vectorised by the
+/// compiler), lanes summed at the end.
+#[inline]
+fn dot4(x: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
+    let mut acc = [[0f32; 8]; 4];
+    let chunks = w.len() / 8;
+    for c in 0..chunks {
+        let wc: &[f32; 8] = w[c * 8..c * 8 + 8].try_into().unwrap_or(&[0.0; 8]);
+        for (a, xr) in acc.iter_mut().zip(&x) {
+            let xc: &[f32; 8] = xr[c * 8..c * 8 + 8].try_into().unwrap_or(&[0.0; 8]);
+            for l in 0..8 {
+                a[l] += xc[l] * wc[l];
+            }
+        }
+    }
+    let mut out = [0f32; 4];
+    for (o, (a, xr)) in out.iter_mut().zip(acc.iter().zip(&x)) {
+        let mut s = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for i in chunks * 8..w.len() {
+            s += xr[i] * w[i];
+        }
+        *o = s;
+    }
+    out
+}
+
+/// `out[m × n] (row stride ldo) = x[m × k] · W[n × k]ᵀ` for few rows: each weight row is read
+/// from memory once and applied to every token (4 at a time).
+///
+/// # Safety
+/// As [`gemm_rows`].
+unsafe fn rows_small(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let row = |i: usize| &x[i * k..(i + 1) * k];
+    for j in 0..n {
+        let wr = &w[j * k..(j + 1) * k];
+        let mut i = 0;
+        while i < m {
+            // The last group repeats its final row; the duplicates are not written.
+            let ids = [i, (i + 1).min(m - 1), (i + 2).min(m - 1), (i + 3).min(m - 1)];
+            let d = dot4(ids.map(row), wr);
+            for (r, v) in d.iter().enumerate().take((m - i).min(4)) {
+                // SAFETY: row i + r < m and column j < n lie inside the caller's block.
+                unsafe { *out.add((i + r) * ldo + j) = *v };
+            }
+            i += 4;
+        }
+    }
+}
+
+/// Product of a block of W rows already in f32, by the kernel suited to `m`.
+///
+/// # Safety
+/// As [`gemm_rows`].
+unsafe fn product(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, out: *mut f32, ldo: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if m <= SMALL_M {
+            rows_small(x, m, k, w, n, out, ldo)
+        } else {
+            gemm_rows(x, m, k, w, n, out, ldo)
+        }
+    }
+}
+
 impl CpuBackend {
     /// The parallel product without bias, weights of any float dtype.
     fn linear_f32(&self, x: &[f32], m: usize, w: WeightRef<'_>, out: &mut [f32]) {
@@ -164,7 +242,7 @@ impl CpuBackend {
             match direct {
                 // SAFETY: columns j0..j1 of every row belong to this task only.
                 Some(wf) => unsafe {
-                    gemm_rows(x, m, k, &wf[j0 * k..j1 * k], j1 - j0, ptr.get().add(j0), n)
+                    product(x, m, k, &wf[j0 * k..j1 * k], j1 - j0, ptr.get().add(j0), n)
                 },
                 None => {
                     let tile_rows = (DECODE_TILE_BYTES / (k * 4)).max(1);
@@ -175,7 +253,7 @@ impl CpuBackend {
                         let tile = &mut buf[..r * k];
                         decode_f32(w.dtype, &w.bytes[j * k * esize..(j + r) * k * esize], tile);
                         // SAFETY: as above, columns j..j+r are this task's.
-                        unsafe { gemm_rows(x, m, k, tile, r, ptr.get().add(j), n) };
+                        unsafe { product(x, m, k, tile, r, ptr.get().add(j), n) };
                         j += r;
                     }
                 }
