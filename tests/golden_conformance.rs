@@ -102,7 +102,8 @@ fn golden_switch_top1_capacity() {
     check("switch-top1-capacity");
 }
 
-/// The fast CPU path (gemm, row-split threads, tiled bf16/f16 decoding, unaligned f32) against
+/// The fast CPU path (streaming kernel for ≤ 64 rows, gemm above: rows 1, 3, 40 and 70; row-split
+/// threads; tiled bf16/f16 decoding; unaligned f32) against
 /// the f64 reference in `tests/common`, on the same (rounded) weights. Tolerance: relative L2
 /// 1e-5 — f32 accumulation over ≤ 200 terms gives ~1e-6; a wrong tile, stride or bias shows
 /// up at 1e-1.
@@ -114,7 +115,7 @@ fn cpu_expert_ffn_matches_f64_reference() {
         |n: usize, s: f64| -> Vec<f32> { (0..n).map(|_| (r.normal() * s) as f32).collect() };
     let (g, u, d) = (mk(f * h, 0.2), mk(f * h, 0.2), mk(h * f, 0.1));
     let (bu, bd) = (mk(f, 0.5), mk(h, 0.5));
-    let x = mk(40 * h, 1.0);
+    let x = mk(70 * h, 1.0);
     for dtype in [DType::F32, DType::BF16, DType::F16] {
         for unaligned in [false, true] {
             if unaligned && dtype != DType::F32 {
@@ -163,7 +164,7 @@ fn cpu_expert_ffn_matches_f64_reference() {
                     hidden: h,
                     ffn: f,
                 };
-                for rows in [1usize, 3, 40] {
+                for rows in [1usize, 3, 40, 70] {
                     let xs = &x[..rows * h];
                     let want = reference.forward(
                         kind,

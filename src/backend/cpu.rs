@@ -21,11 +21,13 @@ use crate::ffn::FfnKind;
 /// (fits a typical 256 KiB–1 MiB L2 next to the activations).
 const DECODE_TILE_BYTES: usize = 256 * 1024;
 
-/// Up to this many rows (tokens), products use the streaming kernel [`rows_small`] instead of
-/// gemm: measured on the 2-core VM, gemm 0.19 at m = 2–8 ran ~4× slower than reading the
-/// weights once (it packs and pads for its microkernel), while this kernel reads each weight
-/// row once from memory and reuses it from L1 for every token.
-const SMALL_M: usize = 16;
+/// Up to this many rows (tokens of one expert), products use the streaming kernel
+/// [`rows_small`] instead of gemm. Measured on the 2-core VM (Mixtral-shaped block, see
+/// docs/PERFORMANCE.md): at 16 tokens (≈4 rows per expert) gemm 0.19 took 150–160 ms against
+/// 24–32 ms for this kernel, which reads every weight row from memory once and applies it to
+/// all tokens; at 128 tokens (≈32 rows per expert) this kernel took 125–138 ms against
+/// 143–144 ms for gemm. Above 64 rows gemm's packed microkernel wins.
+const SMALL_M: usize = 64;
 
 /// Minimum output features per parallel range: below this, splitting costs more in
 /// scheduling than it gains.
@@ -210,6 +212,9 @@ unsafe fn rows_small(
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// Bytes of weight rows kept hot while all tokens pass over them.
+    const L2_TILE_BYTES: usize = 128 * 1024;
+
     /// Horizontal sum of 8 lanes.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -239,38 +244,77 @@ mod avx2 {
     ) {
         let k16 = k / 16 * 16;
         let xp = x.as_ptr();
-        for j in 0..n {
-            // SAFETY (whole body): every pointer offset stays below m·k for x, n·k for w, and
-            // inside the caller's output block, by the loop bounds.
-            unsafe {
-                let wp = w.as_ptr().add(j * k);
-                let mut i = 0;
-                while i < m {
-                    let rows = (m - i).min(4);
-                    let r = [i, i + 1.min(rows - 1), i + 2.min(rows - 1), i + 3.min(rows - 1)];
-                    let xr = r.map(|t| xp.add(t * k));
-                    let mut a0 = [_mm256_setzero_ps(); 4];
-                    let mut a1 = [_mm256_setzero_ps(); 4];
+        if m == 1 {
+            // One token: 4 independent accumulators over one row hide the FMA latency.
+            let k32 = k / 32 * 32;
+            for j in 0..n {
+                // SAFETY: offsets below k within row j of w and within x; out[j] is in block.
+                unsafe {
+                    let wp = w.as_ptr().add(j * k);
+                    let mut a = [_mm256_setzero_ps(); 4];
                     let mut c = 0;
-                    while c < k16 {
-                        let w0 = _mm256_loadu_ps(wp.add(c));
-                        let w1 = _mm256_loadu_ps(wp.add(c + 8));
-                        for q in 0..4 {
-                            a0[q] = _mm256_fmadd_ps(_mm256_loadu_ps(xr[q].add(c)), w0, a0[q]);
-                            a1[q] = _mm256_fmadd_ps(_mm256_loadu_ps(xr[q].add(c + 8)), w1, a1[q]);
+                    while c < k32 {
+                        for (q, acc) in a.iter_mut().enumerate() {
+                            let o = c + 8 * q;
+                            *acc = _mm256_fmadd_ps(
+                                _mm256_loadu_ps(xp.add(o)),
+                                _mm256_loadu_ps(wp.add(o)),
+                                *acc,
+                            );
                         }
-                        c += 16;
+                        c += 32;
                     }
-                    for q in 0..rows {
-                        let mut s = hsum(_mm256_add_ps(a0[q], a1[q]));
-                        for e in k16..k {
-                            s += *xr[q].add(e) * *wp.add(e);
-                        }
-                        *out.add((i + q) * ldo + j) = s;
+                    let mut s =
+                        hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+                    for e in k32..k {
+                        s += *xp.add(e) * *wp.add(e);
                     }
-                    i += 4;
+                    *out.add(j) = s;
                 }
             }
+            return;
+        }
+        // Weight rows in tiles that stay in L2 while every group of 4 tokens passes over them,
+        // so the weights are read from memory once whatever the token count.
+        let tile = (L2_TILE_BYTES / (k * 4)).max(1);
+        let mut j0 = 0;
+        while j0 < n {
+            let j1 = (j0 + tile).min(n);
+            let mut i = 0;
+            while i < m {
+                let rows = (m - i).min(4);
+                for j in j0..j1 {
+                    // SAFETY: every pointer offset stays below m·k for x, n·k for w, and
+                    // inside the caller's output block, by the loop bounds.
+                    unsafe {
+                        let wp = w.as_ptr().add(j * k);
+                        let r = [i, i + 1.min(rows - 1), i + 2.min(rows - 1), i + 3.min(rows - 1)];
+                        let xr = r.map(|t| xp.add(t * k));
+                        let mut a0 = [_mm256_setzero_ps(); 4];
+                        let mut a1 = [_mm256_setzero_ps(); 4];
+                        let mut c = 0;
+                        while c < k16 {
+                            let w0 = _mm256_loadu_ps(wp.add(c));
+                            let w1 = _mm256_loadu_ps(wp.add(c + 8));
+                            for q in 0..4 {
+                                a0[q] = _mm256_fmadd_ps(_mm256_loadu_ps(xr[q].add(c)), w0, a0[q]);
+                                a1[q] =
+                                    _mm256_fmadd_ps(_mm256_loadu_ps(xr[q].add(c + 8)), w1, a1[q]);
+                            }
+                            c += 16;
+                        }
+                        for q in 0..rows {
+                            let mut s = hsum(_mm256_add_ps(a0[q], a1[q]));
+                            for e in k16..k {
+                                s += *xr[q].add(e) * *wp.add(e);
+                            }
+                            *out.add((i + q) * ldo + j) = s;
+                        }
+                    }
+                }
+                i += 4;
+            }
+            j0 = j1;
         }
     }
 }
