@@ -191,6 +191,23 @@ unsafe fn rows_small(
         unsafe { avx2::rows_small(x, m, k, w, n, out, ldo) };
         return;
     }
+    // SAFETY: forwarded from the caller.
+    unsafe { rows_small_portable(x, m, k, w, n, out, ldo) }
+}
+
+/// Portable version of [`rows_small`] (no AVX2 on this CPU).
+///
+/// # Safety
+/// As [`gemm_rows`].
+unsafe fn rows_small_portable(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
     let row = |i: usize| &x[i * k..(i + 1) * k];
     for j in 0..n {
         let wr = &w[j * k..(j + 1) * k];
@@ -472,5 +489,36 @@ impl Backend for CpuBackend {
             }
         }
         self.linear(&hid, rows, w.down, w.down_bias, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both streaming kernels (the one this CPU dispatches to and the portable fallback) and
+    /// gemm agree on every row count around the 4-token grouping and odd `k`. Tolerance 1e-5
+    /// relative: f32 sums of 37 products in different orders.
+    #[test]
+    fn kernels_agree() {
+        let (k, n) = (37usize, 21usize);
+        let mut rng = crate::rng::SplitMix64::new(1);
+        let x: Vec<f32> = (0..9 * k).map(|_| rng.normal() as f32).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
+        for m in 1..=9 {
+            let mut a = vec![0f32; m * n];
+            let mut b = vec![0f32; m * n];
+            let mut c = vec![0f32; m * n];
+            // SAFETY: each output holds m × n with stride n.
+            unsafe {
+                rows_small(&x, m, k, &w, n, a.as_mut_ptr(), n);
+                rows_small_portable(&x, m, k, &w, n, b.as_mut_ptr(), n);
+                gemm_rows(&x, m, k, &w, n, c.as_mut_ptr(), n);
+            }
+            for ((a, b), c) in a.iter().zip(&b).zip(&c) {
+                assert!((a - c).abs() <= 1e-5 * (1.0 + c.abs()), "m={m}: {a} vs {c}");
+                assert!((b - c).abs() <= 1e-5 * (1.0 + c.abs()), "m={m}: {b} vs {c}");
+            }
+        }
     }
 }
