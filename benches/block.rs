@@ -4,8 +4,8 @@
 //!
 //! `MOE_BENCH_MODEL=DIR` keeps the generated model in DIR (to run `bench block` on it).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/blockmath_support/mod.rs"]
+mod blockmath_support;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -17,8 +17,14 @@ use moe_offload::block::bench::{SyntheticInput, bench_block, memcpy_gbps};
 use moe_offload::block::forward;
 use moe_offload::{Checkpoint, ModelSpec};
 
-const SHAPE: common::Mixtral =
-    common::Mixtral { hidden: 1024, ffn: 3584, experts: 8, top_k: 2, layers: 1, seed: 1 };
+const SHAPE: blockmath_support::Mixtral = blockmath_support::Mixtral {
+    hidden: 1024,
+    ffn: 3584,
+    experts: 8,
+    top_k: 2,
+    layers: 1,
+    seed: 1,
+};
 
 fn model_dir() -> &'static PathBuf {
     static DIR: OnceLock<(PathBuf, Option<tempfile::TempDir>)> = OnceLock::new();
@@ -31,7 +37,7 @@ fn model_dir() -> &'static PathBuf {
             }
         };
         if !dir.join("model.safetensors").exists() {
-            common::write_mixtral(&dir, SHAPE, &DType::F32);
+            blockmath_support::write_mixtral(&dir, SHAPE, &DType::F32);
         }
         (dir, tmp)
     })

@@ -96,6 +96,19 @@ pub enum Error {
         /// Why it is too small.
         reason: String,
     },
+    /// No slot can be freed for an expert: every resident expert is protected (needed by the
+    /// current block, or pinned by the policy).
+    #[error(
+        "no slot for expert {expert} of block {block}: all {slots} slots hold protected experts (in use by the current block or pinned); raise the budget"
+    )]
+    CacheFull {
+        /// Block of the expert that needed a slot.
+        block: u32,
+        /// The expert.
+        expert: u32,
+        /// Number of slots in the cache.
+        slots: usize,
+    },
     /// Copying expert bytes into a slot failed.
     #[error("transfer of expert {expert} of block {block} failed: {reason}")]
     Transfer {

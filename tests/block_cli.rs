@@ -1,13 +1,13 @@
 //! The `block`, `extract` and `bench block` commands, run as a user would: golden models,
 //! a generated PanGu-Σ model, and the errors a user can cause.
 
-mod common;
+mod blockmath_support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Pangu, T, write_pangu};
+use blockmath_support::{Pangu, T, write_pangu};
 use moe_offload::DType;
 use moe_offload::dtype::encode_from_f32;
 use safetensors::{Dtype, SafeTensors};

@@ -7,11 +7,11 @@
 //! relative errors around 1e-7–1e-6 here. 1e-4 leaves room for that while any semantic slip
 //! (a wrong expert, weight, capacity or normalisation) shows up as an error of 1e-2 or more.
 
-mod common;
+mod blockmath_support;
 
 use std::path::Path;
 
-use common::RefExpert;
+use blockmath_support::RefExpert;
 use moe_offload::DType;
 use moe_offload::backend::cpu::CpuBackend;
 use moe_offload::backend::{Backend, ExpertWeights, WeightRef};
@@ -104,7 +104,7 @@ fn golden_switch_top1_capacity() {
 
 /// The fast CPU path (streaming kernel for ≤ 64 rows, gemm above: rows 1, 3, 40 and 70; row-split
 /// threads; tiled bf16/f16 decoding; unaligned f32) against
-/// the f64 reference in `tests/common`, on the same (rounded) weights. Tolerance: relative L2
+/// the f64 reference in `tests/blockmath_support`, on the same (rounded) weights. Tolerance: relative L2
 /// 1e-5 — f32 accumulation over ≤ 200 terms gives ~1e-6; a wrong tile, stride or bias shows
 /// up at 1e-1.
 #[test]

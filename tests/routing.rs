@@ -1,9 +1,9 @@
 //! Routers on hand-made and random logits (plan invariants), and a DeepSeek-V3 block (grouped
 //! sigmoid + shared expert; no golden in the repository) against an independent f64 reference.
 
-mod common;
+mod blockmath_support;
 
-use common::{RefExpert, T, weight, write_model};
+use blockmath_support::{RefExpert, T, weight, write_model};
 use moe_offload::DType;
 use moe_offload::backend::cpu::CpuBackend;
 use moe_offload::block::{self, BlockInput};

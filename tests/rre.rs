@@ -1,9 +1,9 @@
 //! PanGu-Σ RRE: determinism, domain isolation, balance of the map, bit-identical extraction,
 //! and the errors a caller can cause.
 
-mod common;
+mod blockmath_support;
 
-use common::{Pangu, write_pangu};
+use blockmath_support::{Pangu, write_pangu};
 use moe_offload::backend::cpu::CpuBackend;
 use moe_offload::block::{self, BlockInput};
 use moe_offload::extract::extract_domain;

@@ -73,7 +73,13 @@ pub fn open_safetensors(
         )));
     }
     let (header_len, metadata) =
-        safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| bad(e.to_string()))?;
+        safetensors::SafeTensors::read_metadata(&mmap[..]).map_err(|e| match e {
+            // The crate's own message ("file not fully covered") does not say which way.
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+                bad(describe_length_mismatch(&mmap))
+            }
+            e => bad(e.to_string()),
+        })?;
     let data_start = 8 + header_len;
     let mut tensors = BTreeMap::new();
     for (name, info) in metadata.tensors() {
@@ -92,4 +98,36 @@ pub fn open_safetensors(
         tensors.insert(name, ti);
     }
     Ok((MappedFile { path: path.to_path_buf(), mmap: Arc::new(mmap) }, tensors))
+}
+
+/// Why a file's length disagrees with its (otherwise valid) header: the last tensor ends past
+/// the end of the file (truncated), or bytes follow the last tensor.
+fn describe_length_mismatch(bytes: &[u8]) -> String {
+    let file_len = bytes.len();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) as usize;
+    let data_start = 8usize.saturating_add(header_len);
+    let last = bytes
+        .get(8..data_start)
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok())
+        .and_then(|v| {
+            v.as_object()?
+                .iter()
+                .filter_map(|(name, t)| {
+                    let end = t.get("data_offsets")?.get(1)?.as_u64()? as usize;
+                    Some((end, name.clone()))
+                })
+                .max()
+        });
+    match last {
+        Some((end, name)) if data_start + end > file_len => format!(
+            "tensor {name} ends at byte {} but the file has only {file_len} bytes (truncated?)",
+            data_start + end
+        ),
+        Some((end, _)) => format!(
+            "{} bytes follow the last tensor (the header describes {} bytes, the file has {file_len})",
+            file_len - data_start - end,
+            data_start + end
+        ),
+        None => "the header's offsets do not match the file length".to_string(),
+    }
 }

@@ -9,7 +9,10 @@ mod native;
 use serde::{Deserialize, Serialize};
 
 pub use config::Config;
-pub use native::{NATIVE_GLAM, NATIVE_PANGU};
+pub use native::{
+    NATIVE_GLAM, NATIVE_PANGU, block_prefix as native_block_prefix,
+    expert_tensors as native_expert_tensors,
+};
 
 use crate::checkpoint::Checkpoint;
 use crate::dtype::DType;

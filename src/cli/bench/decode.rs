@@ -1,10 +1,68 @@
-//! `moe-offload bench decode` (scaffold: filled in by the issue that owns it).
+//! `moe-offload bench decode`: offloaded decode tokens/s at several budgets and policies,
+//! against the resident run and the naive method.
+
+use std::path::PathBuf;
+
+use moe_offload::workload::Workload;
 
 /// Arguments of `bench decode`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Compute device: cpu (cuda when built with the feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Budgets to compare, comma-separated.
+    #[arg(long, default_value = "100%,50%,20%", value_delimiter = ',')]
+    budgets: Vec<String>,
+    /// Decode steps per configuration.
+    #[arg(long, default_value_t = 32)]
+    steps: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Probability that a sequence repeats its previous token.
+    #[arg(long, default_value_t = 0.5)]
+    locality: f64,
+    /// Compute threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Emulate a host→device link of this many GB/s (CPU copies are memcpys otherwise).
+    #[arg(long)]
+    link_gbps: Option<f64>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
 
 /// Runs `bench decode`.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`bench decode` is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.device != "cpu" {
+        anyhow::bail!("bench decode on {:?} is not available in this build", args.device);
+    }
+    let w = Workload {
+        steps: args.steps,
+        batch: args.batch,
+        tokens_per_step: 1,
+        seed: args.seed,
+        locality: args.locality,
+    };
+    let report = moe_offload::bench::decode(
+        &args.model,
+        &args.budgets,
+        &w,
+        args.threads,
+        args.link_gbps.map(|g| g * 1e9),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }

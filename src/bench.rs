@@ -1,0 +1,185 @@
+//! Offloaded-decode benchmark: tokens/s of the same workload under several budgets and
+//! policies, against the fully resident run and the naive method (fetch every needed expert
+//! synchronously, then compute, no cache), with the share of copy time hidden under compute.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::cache::PolicyKind;
+use crate::engine::{EngineOptions, EngineStats, PrefetchMode};
+use crate::error::Result;
+use crate::workload::{self, Workload};
+
+/// One configuration of the decode benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeRow {
+    /// `resident`, `naive`, `lru`, `lfu`, `lru+gate`, …
+    pub method: String,
+    /// Budget as given (`100%`), or `-` for resident.
+    pub budget: String,
+    /// Decode tokens per second.
+    pub tokens_per_second: f64,
+    /// Expert-use hit rate.
+    pub hit_rate: f64,
+    /// Bytes copied into slots.
+    pub bytes_transferred: u64,
+    /// Seconds waiting on copies.
+    pub stall_seconds: f64,
+    /// Share of the copy time hidden under compute (1 − stall / copy time alone).
+    pub hidden_fraction: f64,
+    /// Tokens/s relative to the naive method at the same budget.
+    pub speedup_vs_naive: f64,
+    /// Prefetches issued / used.
+    pub prefetch: (u64, u64),
+    /// Whether the final hidden states equal the resident run's bit for bit.
+    pub matches_resident: bool,
+}
+
+/// The whole benchmark.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecodeReport {
+    /// Copy rate (bytes/s) `hidden_fraction` is measured against: the host copy rate measured
+    /// in the same run, or the emulated link rate when lower.
+    pub copy_bytes_per_second: f64,
+    /// The emulated link rate, if any.
+    pub link_bytes_per_second: Option<f64>,
+    /// Rows, resident first.
+    pub rows: Vec<DecodeRow>,
+}
+
+/// Measures the rate of copying expert bytes out of the mapping with one thread, copying
+/// every expert of the first block once (a warm page cache, as during a run).
+pub fn measure_copy_rate(model: &Path) -> Result<f64> {
+    let ckpt = crate::checkpoint::Checkpoint::open(model)?;
+    let spec = crate::spec::ModelSpec::from_checkpoint(&ckpt)?;
+    let Some(block) = spec.blocks.first() else { return Ok(0.0) };
+    let mut buf = vec![0u8; block.expert_bytes as usize];
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut total = 0usize;
+        for ex in &block.experts {
+            let mut at = 0;
+            for name in ex.names() {
+                let v = ckpt.tensor(name)?;
+                buf[at..at + v.bytes.len()].copy_from_slice(v.bytes);
+                at += v.bytes.len();
+            }
+            total += at;
+        }
+        std::hint::black_box(&buf);
+        best = best.max(total as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Runs the decode benchmark on `model` for each budget, with LRU, LFU, LRU + gate prefetch
+/// (or exact prefetch for RRE models) and the naive method. `link_bytes_per_second` emulates
+/// a host→device link of that rate (see [`EngineOptions::link_bytes_per_second`]); `None`
+/// copies at memory speed.
+pub fn decode(
+    model: &Path,
+    budgets: &[String],
+    w: &Workload,
+    threads: usize,
+    link_bytes_per_second: Option<f64>,
+) -> Result<DecodeReport> {
+    let copy_rate = match link_bytes_per_second {
+        Some(r) => r.min(measure_copy_rate(model)?),
+        None => measure_copy_rate(model)?,
+    };
+    let base = EngineOptions { threads, link_bytes_per_second, ..EngineOptions::default() };
+    let probe = crate::engine::Engine::open(model, base.clone())?;
+    let rre = probe.spec().blocks.iter().any(|b| b.router.is_rre());
+    drop(probe);
+    let row = |method: &str, budget: &str, s: &EngineStats| DecodeRow {
+        method: method.into(),
+        budget: budget.into(),
+        tokens_per_second: s.tokens_per_second,
+        hit_rate: s.hit_rate,
+        bytes_transferred: s.bytes_transferred,
+        stall_seconds: s.stall_seconds,
+        hidden_fraction: s.hidden_fraction(copy_rate),
+        speedup_vs_naive: 0.0,
+        prefetch: (s.prefetch_issued, s.prefetch_used),
+        matches_resident: true,
+    };
+    let mut rows = Vec::new();
+    let resident = workload::run_model(model, base.clone(), w, None)?;
+    rows.push(row("resident", "-", &resident.stats));
+    let prefetch = if rre { PrefetchMode::Exact } else { PrefetchMode::Gate };
+    let methods: [(&str, PolicyKind, PrefetchMode, bool); 4] = [
+        ("naive", PolicyKind::Lru, PrefetchMode::None, true),
+        ("lru", PolicyKind::Lru, PrefetchMode::None, false),
+        ("lfu", PolicyKind::Lfu, PrefetchMode::None, false),
+        (if rre { "lru+exact" } else { "lru+gate" }, PolicyKind::Lru, prefetch, false),
+    ];
+    for budget in budgets {
+        let mut naive_tps = 0.0;
+        for (name, policy, prefetch, naive) in methods {
+            let opts = EngineOptions {
+                budget: Some(budget.clone()),
+                policy,
+                prefetch,
+                naive,
+                ..base.clone()
+            };
+            let out = workload::run_model(model, opts, w, None)?;
+            let mut r = row(name, budget, &out.stats);
+            r.matches_resident = bits(&out.hidden) == bits(&resident.hidden);
+            if naive {
+                naive_tps = r.tokens_per_second;
+            }
+            r.speedup_vs_naive =
+                if naive_tps > 0.0 { r.tokens_per_second / naive_tps } else { 0.0 };
+            rows.push(r);
+        }
+    }
+    Ok(DecodeReport { copy_bytes_per_second: copy_rate, link_bytes_per_second, rows })
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+impl std::fmt::Display for DecodeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.link_bytes_per_second {
+            Some(l) => writeln!(f, "copies: emulated link of {:.2} GB/s", l / 1e9)?,
+            None => writeln!(
+                f,
+                "copies: memcpy from the page cache, {:.2} GB/s (1 thread, measured)",
+                self.copy_bytes_per_second / 1e9
+            )?,
+        }
+        writeln!(
+            f,
+            "| method | budget | tokens/s | × naive | hit rate | moved MB | stall s | hidden | prefetch used/issued | = resident |"
+        )?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|")?;
+        for r in &self.rows {
+            writeln!(
+                f,
+                "| {} | {} | {:.1} | {} | {:.1}% | {:.1} | {:.3} | {:.0}% | {}/{} | {} |",
+                r.method,
+                r.budget,
+                r.tokens_per_second,
+                if r.speedup_vs_naive > 0.0 {
+                    format!("{:.2}", r.speedup_vs_naive)
+                } else {
+                    "-".into()
+                },
+                100.0 * r.hit_rate,
+                r.bytes_transferred as f64 / 1e6,
+                r.stall_seconds,
+                100.0 * r.hidden_fraction,
+                r.prefetch.1,
+                r.prefetch.0,
+                if r.matches_resident { "bit-identical" } else { "DIFFERS" }
+            )?;
+        }
+        Ok(())
+    }
+}
