@@ -276,3 +276,26 @@ fn packed_experts_in_any_order_give_bit_identical_output() {
         }
     }
 }
+
+/// NLLB-MoE (GShard) counts capacity over the whole flattened call, so splitting the same
+/// tokens into sequences changes nothing; Switch counts per sequence, so it does.
+#[test]
+fn capacity_scope_nllb_whole_call_switch_per_sequence() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let be = CpuBackend::new(1).unwrap();
+    for (case, per_sequence) in [("nllb-top2-capacity", false), ("switch-top1-capacity", true)] {
+        let ckpt = Checkpoint::open(root.join(case)).unwrap();
+        let spec = ModelSpec::from_checkpoint(&ckpt).unwrap();
+        let b = &spec.blocks[0];
+        let n = 48;
+        let mut r = SplitMix64::new(8);
+        let x: Vec<f32> = (0..n * spec.hidden_size).map(|_| r.normal() as f32).collect();
+        let route = |seq_len| {
+            let inp =
+                BlockInput { hidden: &x, num_tokens: n, seq_len, token_ids: None, domains: None };
+            block::route(&ckpt, &spec, b, &be, &inp).unwrap()
+        };
+        let (one, split) = (route(n), route(n / 2));
+        assert_eq!(one != split, per_sequence, "{case}");
+    }
+}
