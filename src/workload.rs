@@ -206,6 +206,33 @@ pub fn run_model(
     run(&engine, w, observer)
 }
 
+/// The expert accesses of a routing trace in order (Belady's future, or Static's counts when
+/// pinning from a trace). The trace must describe `spec`'s blocks and experts.
+pub fn accesses_from_trace(
+    path: &std::path::Path,
+    spec: &crate::spec::ModelSpec,
+) -> Result<Vec<ExpertKey>> {
+    let mut reader = crate::sim::trace::TraceReader::open(path)?;
+    let header = reader.header().clone();
+    let experts: Vec<usize> = spec.blocks.iter().map(|b| b.num_experts()).collect();
+    if header.experts_per_block != experts {
+        return Err(Error::BadTrace {
+            path: path.to_path_buf(),
+            line: 1,
+            reason: format!(
+                "the trace describes blocks with {:?} experts, the model has {experts:?}",
+                header.experts_per_block
+            ),
+        });
+    }
+    let mut rec = crate::sim::trace::BlockRecord::default();
+    let mut keys = Vec::new();
+    while reader.read_into(&mut rec)? {
+        keys.extend(rec.experts.iter().map(|&(e, _)| ExpertKey { block: rec.block, expert: e }));
+    }
+    Ok(keys)
+}
+
 /// Keys by descending use count (ties by key), for pinning.
 pub fn most_used(accesses: &[ExpertKey]) -> Vec<ExpertKey> {
     let mut counts: std::collections::HashMap<ExpertKey, u64> = std::collections::HashMap::new();

@@ -60,6 +60,7 @@ fn replaying_a_run_trace_reproduces_its_hits_and_misses() {
     let glam = dir.path().join("glam");
     generate(&o, &glam, &|_, _| {}).unwrap();
     check_model(&glam, dir.path(), &["20%", "45%"], &[]);
+    belady_from_a_trace_equals_belady_from_a_recorded_pass(&glam, dir.path());
     // A prefill chunk uses many experts per block at once (the simulator needs a budget that
     // holds a whole block; the engine would also run smaller ones, in waves).
     check_model(&glam, dir.path(), &["40%", "75%"], &["--prefill", "4"]);
@@ -74,4 +75,31 @@ fn replaying_a_run_trace_reproduces_its_hits_and_misses() {
     let pangu = dir.path().join("pangu");
     generate(&p, &pangu, &|_, _| {}).unwrap();
     check_model(&pangu, dir.path(), &["20%", "45%"], &[]);
+}
+
+/// `run --policy belady --trace-in T` takes its future from a trace of the same workload and
+/// must then count exactly what the recorded first pass gives.
+fn belady_from_a_trace_equals_belady_from_a_recorded_pass(
+    model: &std::path::Path,
+    dir: &std::path::Path,
+) {
+    let trace = dir.join("lru-20.jsonl");
+    let stats = |extra: &[&std::ffi::OsStr]| -> serde_json::Value {
+        let out = dir.join("belady.json");
+        let status = bin()
+            .args(["run", "--model"])
+            .arg(model)
+            .args(["--budget", "20%", "--policy", "belady", "--steps", "10", "--batch", "3"])
+            .args(extra)
+            .arg("--stats-json")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    };
+    let recorded = stats(&[]);
+    let from_trace = stats(&["--trace-in".as_ref(), trace.as_os_str()]);
+    assert_eq!(recorded["hits"], from_trace["hits"]);
+    assert_eq!(recorded["misses"], from_trace["misses"]);
 }

@@ -53,6 +53,10 @@ pub struct Args {
     /// Emulate a host→device link of this many GB/s (CPU copies are memcpys otherwise).
     #[arg(long)]
     pub link_gbps: Option<f64>,
+    /// A routing trace of this workload (`run --trace-out`): Belady's future and Static's
+    /// pinned set come from it instead of from a recorded first pass / warm-up.
+    #[arg(long)]
+    pub trace_in: Option<PathBuf>,
     /// Write the stats as JSON here.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
@@ -91,7 +95,17 @@ impl Args {
 
 /// Runs `run`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let (opts, w) = args.to_options()?;
+    let (mut opts, w) = args.to_options()?;
+    if let Some(t) = &args.trace_in {
+        let ckpt = moe_offload::Checkpoint::open(&args.model)?;
+        let spec = moe_offload::ModelSpec::from_checkpoint(&ckpt)?;
+        let keys = workload::accesses_from_trace(t, &spec)?;
+        match opts.policy {
+            PolicyKind::Belady => opts.future = Some(keys),
+            PolicyKind::Static => opts.pinned = Some(workload::most_used(&keys)),
+            _ => {}
+        }
+    }
     let mut trace = match &args.trace_out {
         Some(p) => {
             let ckpt = moe_offload::Checkpoint::open(&args.model)?;
