@@ -85,6 +85,10 @@ fn check_accounting(out: &RunOutput, expert_bytes: u64) {
     assert_eq!(s.hits + s.misses, out.accesses.len() as u64);
     // Every miss and every prefetch moves exactly one expert.
     assert_eq!(s.bytes_transferred, (s.misses + s.prefetch_issued) * expert_bytes);
+    // The per-block totals add up to the run's.
+    assert_eq!(s.per_block.iter().map(|b| b.hits).sum::<u64>(), s.hits);
+    assert_eq!(s.per_block.iter().map(|b| b.experts).sum::<u64>(), s.hits + s.misses);
+    assert_eq!(s.per_block.iter().map(|b| b.bytes_moved).sum::<u64>(), s.bytes_transferred);
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -35,14 +35,49 @@ pub struct EngineStats {
     pub prefetch_issued: u64,
     /// Prefetched experts that a block then used.
     pub prefetch_used: u64,
-    /// Per block execution, in order (not written to the stats JSON).
+    /// Per block execution, in order (not written to the stats JSON; see `per_block`).
     #[serde(skip)]
     pub blocks: Vec<BlockRecord>,
+    /// Totals per MoE block over the run: where compute, stall and bytes went.
+    pub per_block: Vec<BlockTotals>,
+}
+
+/// What one MoE block cost over a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BlockTotals {
+    /// Block index.
+    pub block: usize,
+    /// Executions (one per step).
+    pub executions: u64,
+    /// Expert uses.
+    pub experts: u64,
+    /// Of which resident when routed.
+    pub hits: u64,
+    /// Seconds computing.
+    pub compute_seconds: f64,
+    /// Seconds waiting on copies.
+    pub stall_seconds: f64,
+    /// Bytes copied for this block's misses and prefetches into it.
+    pub bytes_moved: u64,
 }
 
 impl EngineStats {
-    /// Recomputes the derived fields (`hit_rate`, `tokens_per_second`).
+    /// Recomputes the derived fields (`hit_rate`, `tokens_per_second`, `per_block`).
     pub fn finish(&mut self) {
+        self.per_block.clear();
+        for r in &self.blocks {
+            if self.per_block.len() <= r.block {
+                self.per_block.resize_with(r.block + 1, BlockTotals::default);
+            }
+            let t = &mut self.per_block[r.block];
+            t.block = r.block;
+            t.executions += 1;
+            t.experts += r.experts as u64;
+            t.hits += r.hits as u64;
+            t.compute_seconds += r.compute_seconds;
+            t.stall_seconds += r.stall_seconds;
+            t.bytes_moved += r.bytes_moved;
+        }
         let uses = self.hits + self.misses;
         self.hit_rate = if uses == 0 { 1.0 } else { self.hits as f64 / uses as f64 };
         self.tokens_per_second =
