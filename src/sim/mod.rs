@@ -8,6 +8,8 @@
 //! a replay pass drives every (policy, budget) cache in lockstep, so a trace file is parsed
 //! twice whatever the number of configurations.
 
+mod bitmap_text;
+mod font;
 pub mod generate;
 pub mod plot;
 pub mod replay;
