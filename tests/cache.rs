@@ -243,3 +243,16 @@ fn construction_errors_are_clear() {
     }
     assert_eq!(parse_budget("50%", 10).unwrap(), 5);
 }
+
+#[test]
+fn belady_stays_sane_when_accesses_deviate_from_its_future() {
+    // A recorded first pass that the second pass does not follow: decisions may be poor but the
+    // cache must stay consistent (no panic, counts add up, capacity respected).
+    let shape = [6];
+    let future = random_seq(1, 500, &shape, 1.0);
+    let actual = random_seq(2, 700, &shape, 1.0);
+    let mut c = cache(PolicyKind::Belady, 3, &shape, &future);
+    replay(&mut c, &actual);
+    assert_eq!(c.hits() + c.misses(), 700);
+    assert_eq!(c.len(), 3);
+}

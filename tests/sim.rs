@@ -360,6 +360,24 @@ fn cli_writes_json_and_plot() {
     assert_eq!(results[8]["budget"], "40GiB");
     let svg_text = std::fs::read_to_string(&svg).unwrap();
     assert!(svg_text.starts_with("<svg") && svg_text.contains("polyline"), "not an SVG chart");
+    // PNG too (text from the embedded bitmap font).
+    let png = dir.path().join("r.png");
+    let out_png = Command::new(env!("CARGO_BIN_EXE_moe-offload"))
+        .args(["sim", "--trace"])
+        .arg(&trace)
+        .args(["--budgets", "25%,50%", "--plot"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out_png.status.success(), "{}", String::from_utf8_lossy(&out_png.stderr));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    let bad_ext = Command::new(env!("CARGO_BIN_EXE_moe-offload"))
+        .args(["sim", "--trace"])
+        .arg(&trace)
+        .args(["--plot", "x.gif"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad_ext.stderr).contains(".svg or .png"));
     // The written trace replays to the same table.
     let out2 = Command::new(env!("CARGO_BIN_EXE_moe-offload"))
         .args([

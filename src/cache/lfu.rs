@@ -16,11 +16,10 @@ const NIL: u32 = u32::MAX;
 #[derive(Debug, Clone)]
 pub struct Lfu {
     counts: Vec<u32>,
-    prev: Vec<u32>,
-    next: Vec<u32>,
-    /// Per count: first and last resident expert with that count.
-    head: Vec<u32>,
-    tail: Vec<u32>,
+    /// Per expert: (previous, next) in its bucket; one cache line serves both.
+    links: Vec<[u32; 2]>,
+    /// Per count: (first, last) resident expert with that count.
+    ends: Vec<[u32; 2]>,
     /// Bit `c` set: bucket `c` is non-empty; `summary` bit `w` set: `bits[w] != 0`.
     bits: Vec<u64>,
     summary: Vec<u64>,
@@ -31,10 +30,8 @@ impl Lfu {
     pub fn new(num_keys: usize) -> Self {
         Lfu {
             counts: vec![0; num_keys],
-            prev: vec![NIL; num_keys],
-            next: vec![NIL; num_keys],
-            head: Vec::new(),
-            tail: Vec::new(),
+            links: vec![[NIL; 2]; num_keys],
+            ends: Vec::new(),
             bits: Vec::new(),
             summary: Vec::new(),
         }
@@ -43,55 +40,52 @@ impl Lfu {
     #[inline]
     fn push(&mut self, idx: usize) {
         let c = self.counts[idx] as usize;
-        if c >= self.head.len() {
+        if c >= self.ends.len() {
             let n = (c + 1).next_power_of_two().max(64);
-            self.head.resize(n, NIL);
-            self.tail.resize(n, NIL);
+            self.ends.resize(n, [NIL; 2]);
             self.bits.resize(n / 64, 0);
             self.summary.resize(n.div_ceil(64 * 64), 0);
         }
-        let t = self.tail[c];
-        self.prev[idx] = t;
-        self.next[idx] = NIL;
+        let t = self.ends[c][1];
+        self.links[idx] = [t, NIL];
         if t == NIL {
-            self.head[c] = idx as u32;
+            self.ends[c][0] = idx as u32;
             self.bits[c / 64] |= 1 << (c % 64);
             self.summary[c / 4096] |= 1 << ((c / 64) % 64);
         } else {
-            self.next[t as usize] = idx as u32;
+            self.links[t as usize][1] = idx as u32;
         }
-        self.tail[c] = idx as u32;
+        self.ends[c][1] = idx as u32;
     }
 
     #[inline]
     fn unlink(&mut self, idx: usize) {
         let c = self.counts[idx] as usize;
-        let (p, n) = (self.prev[idx], self.next[idx]);
+        let [p, n] = self.links[idx];
         if p == NIL {
-            self.head[c] = n;
+            self.ends[c][0] = n;
         } else {
-            self.next[p as usize] = n;
+            self.links[p as usize][1] = n;
         }
         if n == NIL {
-            self.tail[c] = p;
+            self.ends[c][1] = p;
         } else {
-            self.prev[n as usize] = p;
+            self.links[n as usize][0] = p;
         }
-        if self.head[c] == NIL {
+        if self.ends[c][0] == NIL {
             self.bits[c / 64] &= !(1 << (c % 64));
             if self.bits[c / 64] == 0 {
                 self.summary[c / 4096] &= !(1 << ((c / 64) % 64));
             }
         }
-        self.prev[idx] = NIL;
-        self.next[idx] = NIL;
+        self.links[idx] = [NIL; 2];
     }
 
     /// Whether `idx` is linked (resident): linked entries have a neighbour or head a bucket.
     #[inline]
     fn linked(&self, idx: usize) -> bool {
-        self.prev[idx] != NIL
-            || self.head.get(self.counts[idx] as usize).is_some_and(|&h| h == idx as u32)
+        self.links[idx][0] != NIL
+            || self.ends.get(self.counts[idx] as usize).is_some_and(|e| e[0] == idx as u32)
     }
 
     /// The lowest non-empty count `>= from`.
@@ -154,12 +148,12 @@ impl Policy for Lfu {
     fn victim(&mut self, _now: u64, evictable: &mut dyn FnMut(usize) -> bool) -> Option<usize> {
         let mut c = self.next_count(0)?;
         loop {
-            let mut i = self.head[c];
+            let mut i = self.ends[c][0];
             while i != NIL {
                 if evictable(i as usize) {
                     return Some(i as usize);
                 }
-                i = self.next[i as usize];
+                i = self.links[i as usize][1];
             }
             c = self.next_count(c + 1)?;
         }

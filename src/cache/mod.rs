@@ -7,7 +7,6 @@
 
 mod belady;
 pub mod budget;
-mod heap;
 mod lfu;
 mod list;
 pub mod policy;

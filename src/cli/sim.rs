@@ -31,12 +31,16 @@ pub struct Args {
     /// Host → device bandwidth in bytes/s.
     #[arg(long, default_value_t = 55e9)]
     pub bandwidth: f64,
-    /// Expert compute: milliseconds per token.
+    /// Expert compute: milliseconds per token, for an expert of --compute-ref-bytes (other sizes
+    /// scale linearly). Default: a Mixtral expert on an H200 (DESIGN.md).
     #[arg(long, default_value_t = 3e-4)]
     pub compute_ms_per_token: f64,
-    /// Expert compute: fixed milliseconds per expert call.
+    /// Expert compute: fixed milliseconds per expert call, for an expert of --compute-ref-bytes.
     #[arg(long, default_value_t = 0.1)]
     pub compute_ms_fixed: f64,
+    /// The expert size (bytes) the compute times refer to.
+    #[arg(long, default_value_t = moe_offload::sim::replay::MIXTRAL_EXPERT_BYTES)]
+    pub compute_ref_bytes: f64,
     /// Prefetch: none, or next (the next block's experts, exact from the trace).
     #[arg(long, default_value = "none")]
     pub prefetch: String,
@@ -142,6 +146,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             bandwidth: a.bandwidth,
             compute_fixed_s: a.compute_ms_fixed * 1e-3,
             compute_per_token_s: a.compute_ms_per_token * 1e-3,
+            reference_bytes: a.compute_ref_bytes,
         },
         prefetch,
     };

@@ -8,6 +8,8 @@
 //! a replay pass drives every (policy, budget) cache in lockstep, so a trace file is parsed
 //! twice whatever the number of configurations.
 
+mod bitmap_text;
+mod font;
 pub mod generate;
 pub mod plot;
 pub mod replay;
@@ -274,8 +276,19 @@ pub fn simulate<S: RecordSource>(
     budgets: &[String],
     opts: &SimOptions,
 ) -> Result<SimReport> {
-    if !opts.cost.bandwidth.is_finite() || opts.cost.bandwidth <= 0.0 {
-        return Err(Error::InvalidOption(format!("bandwidth {} must be > 0", opts.cost.bandwidth)));
+    let c = &opts.cost;
+    if !c.bandwidth.is_finite() || c.bandwidth <= 0.0 {
+        return Err(Error::InvalidOption(format!("bandwidth {} must be > 0", c.bandwidth)));
+    }
+    if !c.reference_bytes.is_finite() || c.reference_bytes <= 0.0 {
+        return Err(Error::InvalidOption(format!(
+            "compute reference bytes {} must be > 0",
+            c.reference_bytes
+        )));
+    }
+    let non_negative = |x: f64| x.is_finite() && x >= 0.0;
+    if !non_negative(c.compute_fixed_s) || !non_negative(c.compute_per_token_s) {
+        return Err(Error::InvalidOption("compute times must be ≥ 0".into()));
     }
     let survey = Survey::collect(&mut open()?)?;
     let header = survey.header.clone();

@@ -1,5 +1,6 @@
 //! `sim --plot`: hit rate and predicted tokens/s against budget, one line per policy, as SVG
-//! or PNG (chosen by the file extension), drawn with plotters.
+//! or PNG (chosen by the file extension), drawn with plotters (PNG text from an embedded
+//! bitmap font, see [`super::bitmap_text`]).
 
 use std::path::Path;
 
@@ -7,6 +8,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::SimReport;
+use super::bitmap_text::TextBitMap;
 use crate::{Error, Result};
 
 const COLORS: [RGBColor; 6] = [
@@ -17,9 +19,6 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
 ];
-
-/// Whether plotters can draw text into bitmaps in this build (it needs a font backend).
-const PNG_TEXT: bool = false;
 
 /// Draws `report` to `path` (`.svg` or `.png`).
 pub fn plot(report: &SimReport, path: &Path) -> Result<()> {
@@ -32,12 +31,8 @@ pub fn plot(report: &SimReport, path: &Path) -> Result<()> {
             draw(report, &root).map_err(fail)?;
             root.present().map_err(|e| fail(e.to_string()))
         }
-        Some("png") if !PNG_TEXT => Err(Error::InvalidOption(format!(
-            "--plot {}: this build draws no text into bitmaps (plotters without a font backend); write .svg",
-            path.display()
-        ))),
         Some("png") => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
+            let root = TextBitMap::new(BitMapBackend::new(path, size)).into_drawing_area();
             draw(report, &root).map_err(fail)?;
             root.present().map_err(|e| fail(e.to_string()))
         }

@@ -6,8 +6,9 @@
 //! its misses are queued on the link in order of descending token count (InfMoE's order, as the
 //! engine), then the prefetches for the next block; the link moves `bandwidth` bytes/s, FIFO,
 //! and carries over across blocks. The compute stream runs the block's experts in order of
-//! readiness (resident first); an expert costs `fixed + per_token × tokens` seconds and waits
-//! for its transfer: the waiting is stall time. Non-expert work (attention, router) is not
+//! readiness (resident first); an expert costs `(fixed + per_token × tokens) × bytes /
+//! reference_bytes` seconds (small-batch expert FFNs are bound by reading their weights, so time
+//! scales with expert size) and waits for its transfer: the waiting is stall time. Non-expert work (attention, router) is not
 //! modelled: tokens/s is an upper bound set by the expert path alone.
 
 use super::trace::{BlockRecord, TraceHeader};
@@ -19,17 +20,29 @@ use crate::{Error, Result};
 pub struct CostModel {
     /// Host → device bytes per second.
     pub bandwidth: f64,
-    /// Seconds per expert call regardless of tokens (launch, weight read).
+    /// Seconds per expert call regardless of tokens (launch, weight read), for an expert of
+    /// `reference_bytes`.
     pub compute_fixed_s: f64,
-    /// Additional seconds per token routed to the expert.
+    /// Additional seconds per token routed to the expert, for an expert of `reference_bytes`.
     pub compute_per_token_s: f64,
+    /// The expert size the two times above were measured at; other sizes scale linearly.
+    pub reference_bytes: f64,
 }
+
+/// One Mixtral-8x7B expert in bf16 (3 × 4096 × 14336 × 2 bytes), where the default compute
+/// times were measured.
+pub const MIXTRAL_EXPERT_BYTES: f64 = 352_321_536.0;
 
 impl Default for CostModel {
     /// PCIe Gen5 as measured on the H200 in DESIGN.md (55 GB/s); one Mixtral-size bf16 expert on
     /// that GPU took 0.10 ms at 1–64 tokens and 0.25 ms at 512, i.e. ≈ 0.1 ms + 0.3 µs/token.
     fn default() -> Self {
-        CostModel { bandwidth: 55e9, compute_fixed_s: 1e-4, compute_per_token_s: 3e-7 }
+        CostModel {
+            bandwidth: 55e9,
+            compute_fixed_s: 1e-4,
+            compute_per_token_s: 3e-7,
+            reference_bytes: MIXTRAL_EXPERT_BYTES,
+        }
     }
 }
 
@@ -188,10 +201,10 @@ impl Replayer {
         }
         // Compute in order of readiness: ready experts, then prefetches still in flight (queued
         // before this block's misses), then the misses in arrival order.
-        let cost = self.cost;
-        let mut c = start
-            + cost.compute_fixed_s * ready_n as f64
-            + cost.compute_per_token_s * ready_tokens as f64;
+        let scale = bytes as f64 / self.cost.reference_bytes;
+        let fixed = self.cost.compute_fixed_s * scale;
+        let per_token = self.cost.compute_per_token_s * scale;
+        let mut c = start + fixed * ready_n as f64 + per_token * ready_tokens as f64;
         if self.in_flight.len() > 1 {
             self.in_flight.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         }
@@ -206,7 +219,7 @@ impl Replayer {
                 stall += ready - c;
                 c = ready;
             }
-            c += cost.compute_fixed_s + cost.compute_per_token_s * t as f64;
+            c += fixed + per_token * t as f64;
         }
         self.counters.stall_seconds += stall;
         self.counters.compute_seconds += c - start - stall;
