@@ -230,3 +230,42 @@ fn block_on_cuda_matches_the_mixtral_golden() {
         assert!(err <= 1e-4, "{name}: relative L2 error {err:.3e} > 1e-4");
     }
 }
+
+/// `bench decode` with device options: on the CPU every row matches resident, LFU rows are
+/// optional, and the transfer bound is tokens / (bytes moved / ceiling) exactly; on CUDA it
+/// runs when a device is usable and is refused otherwise.
+#[test]
+fn bench_decode_takes_a_device_and_reports_the_transfer_bound() {
+    use moe_offload::bench::{DecodeOptions, decode};
+    let model = glam_model();
+    let w = Workload { steps: 2, batch: 2, tokens_per_step: 1, seed: 1, locality: 0.5 };
+    let ceiling = 2e9;
+    let o = DecodeOptions {
+        threads: 1,
+        ceiling_bytes_per_second: Some(ceiling),
+        lfu: false,
+        ..Default::default()
+    };
+    let report = decode(model, &["50%".to_string()], &w, &o).unwrap();
+    let methods: Vec<&str> = report.rows.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["resident", "naive", "lru", "lru+gate"]);
+    let tokens = (w.steps * w.batch) as f64;
+    for r in &report.rows {
+        assert!(r.matches_resident, "{} differs from resident", r.method);
+        if r.bytes_transferred == 0 {
+            assert!(r.transfer_bound_tokens_per_second.is_infinite());
+        } else {
+            let want = tokens / (r.bytes_transferred as f64 / ceiling);
+            assert_eq!(r.transfer_bound_tokens_per_second, want, "{}", r.method);
+        }
+    }
+    let on_gpu = DecodeOptions { device: "cuda".into(), ..o };
+    match decode(model, &["50%".to_string()], &w, &on_gpu) {
+        Ok(r) => assert!(r.rows.iter().all(|r| r.matches_resident), "cuda decode differs"),
+        Err(e) => assert!(!gpu_usable(), "a usable GPU failed bench decode: {e}"),
+    }
+}
+
+fn gpu_usable() -> bool {
+    backend_for("cuda", 1).is_ok()
+}
