@@ -84,6 +84,8 @@ pub struct DecodeReport {
     pub device: String,
     /// The transfer path asked for (CUDA).
     pub transfer: String,
+    /// Whether `copy_bytes_per_second` was given (a measured ceiling) rather than measured here.
+    pub ceiling_given: bool,
     /// Rows, resident first.
     pub rows: Vec<DecodeRow>,
 }
@@ -194,6 +196,7 @@ pub fn decode(
         link_bytes_per_second,
         device: o.device.clone(),
         transfer: o.transfer.clone(),
+        ceiling_given: o.ceiling_bytes_per_second.is_some(),
         rows,
     })
 }
@@ -206,12 +209,13 @@ impl std::fmt::Display for DecodeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.link_bytes_per_second {
             Some(l) => writeln!(f, "copies: emulated link of {:.2} GB/s", l / 1e9)?,
-            None if self.device != "cpu" => writeln!(
+            None if self.device != "cpu" || self.ceiling_given => writeln!(
                 f,
-                "device {}, transfer path {}; transfer bound at {:.2} GB/s",
+                "device {}, transfer path {}; bound and hidden share against {:.2} GB/s ({})",
                 self.device,
                 self.transfer,
-                self.copy_bytes_per_second / 1e9
+                self.copy_bytes_per_second / 1e9,
+                if self.ceiling_given { "given" } else { "host copy rate, 1 thread, measured" }
             )?,
             None => writeln!(
                 f,
