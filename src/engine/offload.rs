@@ -70,6 +70,7 @@ pub(super) trait OffloadPath: Send + Sync {
 /// How a budget is carved: computed the same way for every device.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct SlotPlan {
+    /// The budget in bytes.
     pub budget_bytes: u64,
     /// Shared-expert bytes held resident for the whole run (charged to the budget).
     pub pinned_bytes: u64,
@@ -82,6 +83,7 @@ pub(super) struct SlotPlan {
 }
 
 impl SlotPlan {
+    /// Parses `budget` and carves it; errors when it cannot hold one block's experts.
     pub(super) fn new(spec: &ModelSpec, budget: &str, opts: &EngineOptions) -> Result<SlotPlan> {
         let budget_bytes = cache::parse_budget(budget, spec.total_expert_bytes())?;
         let pinned_bytes: u64 = spec.blocks.iter().map(|b| b.shared_expert_bytes).sum();
