@@ -1,6 +1,8 @@
 //! The engine: the public object a serving stack holds. It owns the mapped checkpoint, the
 //! model spec, a compute backend and — when a budget is given — the expert cache, the slot
 //! arena and the transfer pipeline; it runs one block or all blocks in order and keeps stats.
+//! With `device: "cuda"` (feature `cuda`) the same schedule runs on the GPU: slots in device
+//! memory, misses uploaded over `transfer` (see `cuda_offload.rs`).
 //!
 //! ```no_run
 //! use moe_offload::engine::{Engine, EngineOptions};
