@@ -35,6 +35,41 @@ pub struct DecodeRow {
     pub prefetch: (u64, u64),
     /// Whether the final hidden states equal the resident run's bit for bit.
     pub matches_resident: bool,
+    /// The transfer-bound limit at this row's traffic: tokens / (bytes moved / ceiling rate);
+    /// infinite when nothing moved.
+    pub transfer_bound_tokens_per_second: f64,
+}
+
+/// Where and how the decode benchmark runs.
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// CUDA transfer path (`auto`, `registered`, `pinned[:N]`, `pageable`).
+    pub transfer: String,
+    /// Compute threads (0 = one per core).
+    pub threads: usize,
+    /// Emulated host→device link rate for the CPU (see [`EngineOptions::link_bytes_per_second`]).
+    pub link_bytes_per_second: Option<f64>,
+    /// Host→device ceiling in bytes/s (on a GPU: the pinned-memory rate measured by
+    /// `bench transfer`) for the transfer bound and the hidden fraction; `None` uses the copy
+    /// rate measured here.
+    pub ceiling_bytes_per_second: Option<f64>,
+    /// Include LFU rows (naive, LRU and LRU + prefetch always run).
+    pub lfu: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            device: "cpu".into(),
+            transfer: "auto".into(),
+            threads: 0,
+            link_bytes_per_second: None,
+            ceiling_bytes_per_second: None,
+            lfu: true,
+        }
+    }
 }
 
 /// The whole benchmark.
@@ -45,6 +80,12 @@ pub struct DecodeReport {
     pub copy_bytes_per_second: f64,
     /// The emulated link rate, if any.
     pub link_bytes_per_second: Option<f64>,
+    /// The device it ran on.
+    pub device: String,
+    /// The transfer path asked for (CUDA).
+    pub transfer: String,
+    /// Whether `copy_bytes_per_second` was given (a measured ceiling) rather than measured here.
+    pub ceiling_given: bool,
     /// Rows, resident first.
     pub rows: Vec<DecodeRow>,
 }
@@ -75,22 +116,27 @@ pub fn measure_copy_rate(model: &Path) -> Result<f64> {
     Ok(best)
 }
 
-/// Runs the decode benchmark on `model` for each budget, with LRU, LFU, LRU + gate prefetch
-/// (or exact prefetch for RRE models) and the naive method. `link_bytes_per_second` emulates
-/// a host→device link of that rate (see [`EngineOptions::link_bytes_per_second`]); `None`
-/// copies at memory speed.
+/// Runs the decode benchmark on `model` for each budget, with LRU, LFU (if `o.lfu`), LRU +
+/// gate prefetch (or exact prefetch for RRE models) and the naive method, on `o.device`.
 pub fn decode(
     model: &Path,
     budgets: &[String],
     w: &Workload,
-    threads: usize,
-    link_bytes_per_second: Option<f64>,
+    o: &DecodeOptions,
 ) -> Result<DecodeReport> {
-    let copy_rate = match link_bytes_per_second {
-        Some(r) => r.min(measure_copy_rate(model)?),
-        None => measure_copy_rate(model)?,
+    let link_bytes_per_second = o.link_bytes_per_second;
+    let copy_rate = match (o.ceiling_bytes_per_second, link_bytes_per_second) {
+        (Some(c), _) => c,
+        (None, Some(r)) => r.min(measure_copy_rate(model)?),
+        (None, None) => measure_copy_rate(model)?,
     };
-    let base = EngineOptions { threads, link_bytes_per_second, ..EngineOptions::default() };
+    let base = EngineOptions {
+        device: o.device.clone(),
+        transfer: o.transfer.clone(),
+        threads: o.threads,
+        link_bytes_per_second,
+        ..EngineOptions::default()
+    };
     let probe = crate::engine::Engine::open(model, base.clone())?;
     let rre = probe.spec().blocks.iter().any(|b| b.router.is_rre());
     drop(probe);
@@ -105,6 +151,11 @@ pub fn decode(
         speedup_vs_naive: 0.0,
         prefetch: (s.prefetch_issued, s.prefetch_used),
         matches_resident: true,
+        transfer_bound_tokens_per_second: if s.bytes_transferred == 0 {
+            f64::INFINITY
+        } else {
+            s.tokens as f64 / (s.bytes_transferred as f64 / copy_rate)
+        },
     };
     let mut rows = Vec::new();
     let resident = workload::run_model(model, base.clone(), w, None)?;
@@ -119,6 +170,9 @@ pub fn decode(
     for budget in budgets {
         let mut naive_tps = 0.0;
         for (name, policy, prefetch, naive) in methods {
+            if name == "lfu" && !o.lfu {
+                continue;
+            }
             let opts = EngineOptions {
                 budget: Some(budget.clone()),
                 policy,
@@ -137,7 +191,14 @@ pub fn decode(
             rows.push(r);
         }
     }
-    Ok(DecodeReport { copy_bytes_per_second: copy_rate, link_bytes_per_second, rows })
+    Ok(DecodeReport {
+        copy_bytes_per_second: copy_rate,
+        link_bytes_per_second,
+        device: o.device.clone(),
+        transfer: o.transfer.clone(),
+        ceiling_given: o.ceiling_bytes_per_second.is_some(),
+        rows,
+    })
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -148,6 +209,14 @@ impl std::fmt::Display for DecodeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.link_bytes_per_second {
             Some(l) => writeln!(f, "copies: emulated link of {:.2} GB/s", l / 1e9)?,
+            None if self.device != "cpu" || self.ceiling_given => writeln!(
+                f,
+                "device {}, transfer path {}; bound and hidden share against {:.2} GB/s ({})",
+                self.device,
+                self.transfer,
+                self.copy_bytes_per_second / 1e9,
+                if self.ceiling_given { "given" } else { "host copy rate, 1 thread, measured" }
+            )?,
             None => writeln!(
                 f,
                 "copies: memcpy from the page cache, {:.2} GB/s (1 thread, measured)",
@@ -156,18 +225,31 @@ impl std::fmt::Display for DecodeReport {
         }
         writeln!(
             f,
-            "| method | budget | tokens/s | × naive | hit rate | moved MB | stall s | hidden | prefetch used/issued | = resident |"
+            "| method | budget | tokens/s | × naive | bound tok/s | of bound | hit rate | moved MB | stall s | hidden | prefetch used/issued | = resident |"
         )?;
-        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(f, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
         for r in &self.rows {
             writeln!(
                 f,
-                "| {} | {} | {:.1} | {} | {:.1}% | {:.1} | {:.3} | {:.0}% | {}/{} | {} |",
+                "| {} | {} | {:.1} | {} | {} | {} | {:.1}% | {:.1} | {:.3} | {:.0}% | {}/{} | {} |",
                 r.method,
                 r.budget,
                 r.tokens_per_second,
                 if r.speedup_vs_naive > 0.0 {
                     format!("{:.2}", r.speedup_vs_naive)
+                } else {
+                    "-".into()
+                },
+                if r.transfer_bound_tokens_per_second.is_finite() {
+                    format!("{:.1}", r.transfer_bound_tokens_per_second)
+                } else {
+                    "∞".into()
+                },
+                if r.transfer_bound_tokens_per_second.is_finite() {
+                    format!(
+                        "{:.0}%",
+                        100.0 * r.tokens_per_second / r.transfer_bound_tokens_per_second
+                    )
                 } else {
                     "-".into()
                 },

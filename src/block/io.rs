@@ -9,22 +9,20 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 
 use super::{BlockInput, forward};
-use crate::backend::Backend;
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, Device};
 use crate::checkpoint::Checkpoint;
 use crate::dtype::{DType, to_f32_vec, to_i64_vec};
 use crate::error::{Error, Result};
 use crate::spec::ModelSpec;
 
-/// The compute backend for `--device`: `cpu`, or `cuda` (an error without the `cuda` feature).
+/// The compute backend for `--device`: `cpu`, or `cuda` / `cuda:N` (a [`CudaBackend`]; an
+/// error without the `cuda` feature, or naming the missing driver or libraries).
 pub fn backend_for(device: &str, threads: usize) -> Result<Box<dyn Backend>> {
-    match device {
-        "cpu" => Ok(Box::new(CpuBackend::new(threads)?)),
-        "cuda" if cfg!(feature = "cuda") => {
-            Err(Error::Cuda("the block command has no CUDA backend wired in yet".into()))
-        }
-        "cuda" => Err(Error::NotCompiledWithCuda),
-        other => Err(Error::InvalidOption(format!("unknown device {other:?} (cpu, cuda)"))),
+    match device.parse::<Device>()? {
+        Device::Cpu => Ok(Box::new(CpuBackend::new(threads)?)),
+        Device::Cuda(ordinal) => Ok(Box::new(CudaBackend::new(ordinal)?)),
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Args {
     /// Where to write `<prefix>.output`, `<prefix>.expert_ids`, `<prefix>.expert_weights`.
     #[arg(long)]
     output: PathBuf,
-    /// Compute device: cpu or cuda.
+    /// Compute device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// CPU threads (0 = all cores).

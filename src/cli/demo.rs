@@ -74,7 +74,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let budgets = [args.budget.clone()];
     for link in [None, Some(args.link_gbps * 1e9)] {
-        let result = moe_offload::bench::decode(&args.dir, &budgets, &w, 0, link)?;
+        let result = moe_offload::bench::decode(
+            &args.dir,
+            &budgets,
+            &w,
+            &moe_offload::bench::DecodeOptions {
+                link_bytes_per_second: link,
+                ..Default::default()
+            },
+        )?;
         print!("{result}");
         if result.rows.iter().any(|r| !r.matches_resident) {
             anyhow::bail!("an offloaded run differs from the resident run");

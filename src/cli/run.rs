@@ -13,9 +13,12 @@ pub struct Args {
     /// Model folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// Compute device: cpu or cuda.
+    /// Compute device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// CUDA host→device path for misses: auto, registered, pinned[:N], pageable.
+    #[arg(long, default_value = "auto")]
+    pub transfer: String,
     /// Expert cache budget: bytes (`2GiB`) or a share of all expert bytes (`20%`). Without it
     /// the model runs fully resident.
     #[arg(long)]
@@ -73,6 +76,7 @@ impl Args {
     pub fn to_options(&self) -> anyhow::Result<(EngineOptions, Workload)> {
         let opts = EngineOptions {
             device: self.device.clone(),
+            transfer: self.transfer.clone(),
             budget: self.budget.clone(),
             policy: self.policy.parse::<PolicyKind>()?,
             prefetch: self.prefetch.parse::<PrefetchMode>()?,

@@ -1,6 +1,8 @@
 //! The engine: the public object a serving stack holds. It owns the mapped checkpoint, the
 //! model spec, a compute backend and — when a budget is given — the expert cache, the slot
 //! arena and the transfer pipeline; it runs one block or all blocks in order and keeps stats.
+//! With `device: "cuda"` (feature `cuda`) the same schedule runs on the GPU: slots in device
+//! memory, misses uploaded over `transfer` (see `cuda_offload.rs`).
 //!
 //! ```no_run
 //! use moe_offload::engine::{Engine, EngineOptions};
@@ -14,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod cuda_offload;
 mod offload;
 mod stats;
 
@@ -25,7 +28,8 @@ use parking_lot::Mutex;
 
 pub use stats::EngineStats;
 
-use crate::backend::Backend;
+use crate::backend::cuda::CudaBackend;
+use crate::backend::{Backend, Device};
 use crate::block::{self, BlockInput, BlockOutput};
 use crate::cache::{ExpertKey, PolicyKind};
 use crate::checkpoint::Checkpoint;
@@ -73,8 +77,11 @@ impl std::fmt::Display for PrefetchMode {
 /// Options of [`Engine::open`].
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// `cpu` (or `cuda` when built with the feature).
+    /// `cpu`, or `cuda` / `cuda:N` (an error without the `cuda` feature).
     pub device: String,
+    /// CUDA host→device path of the offloaded engine: `auto`, `registered`, `pinned[:N]`,
+    /// `pageable` (ignored on the CPU).
+    pub transfer: String,
     /// Byte budget of the expert cache (`2GiB`, `20%` of total expert bytes, …); `None` runs
     /// fully resident, experts used straight from the mapping.
     pub budget: Option<String>,
@@ -102,6 +109,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             device: "cpu".into(),
+            transfer: "auto".into(),
             budget: None,
             policy: PolicyKind::Lru,
             prefetch: PrefetchMode::None,
@@ -121,7 +129,7 @@ pub struct Engine {
     ckpt: Checkpoint,
     spec: ModelSpec,
     backend: Box<dyn Backend>,
-    offload: Option<offload::Offload>,
+    offload: Option<Box<dyn offload::OffloadPath>>,
     stats: Mutex<EngineStats>,
     /// Serialises forward calls of the resident path (the offloaded path locks its state).
     resident_lock: Mutex<()>,
@@ -142,9 +150,28 @@ impl Engine {
     pub fn open(model: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine> {
         let ckpt = Checkpoint::open(model)?;
         let spec = ModelSpec::from_checkpoint(&ckpt)?;
-        let backend = block::io::backend_for(&opts.device, opts.threads)?;
-        let offload = match &opts.budget {
-            Some(b) => Some(offload::Offload::new(&ckpt, &spec, b, &opts)?),
+        let device: Device = opts.device.parse()?;
+        // Checked on every device so that a typo is an error, not silently ignored on the CPU.
+        opts.transfer.parse::<crate::backend::cuda::TransferPath>()?;
+        let (backend, offload): (Box<dyn Backend>, Option<Box<dyn offload::OffloadPath>>) =
+            match (device, &opts.budget) {
+                (Device::Cuda(ordinal), Some(b)) => {
+                    let gpu = CudaBackend::new(ordinal)?;
+                    let o = cuda_offload::open(&ckpt, &spec, b, &opts, gpu.clone())?;
+                    (Box::new(gpu), Some(Box::new(o)))
+                }
+                (_, budget) => {
+                    let backend = block::io::backend_for(&opts.device, opts.threads)?;
+                    let o = match budget {
+                        Some(b) => Some(Box::new(offload::open_host(&ckpt, &spec, b, &opts)?)
+                            as Box<dyn offload::OffloadPath>),
+                        None => None,
+                    };
+                    (backend, o)
+                }
+            };
+        let offload = match offload {
+            Some(o) => Some(o),
             None => {
                 if opts.naive {
                     return Err(Error::InvalidOption("the naive method needs a --budget".into()));
@@ -152,7 +179,7 @@ impl Engine {
                 None
             }
         };
-        let budget_bytes = offload.as_ref().map_or(spec.total_expert_bytes(), |o| o.budget_bytes);
+        let budget_bytes = offload.as_ref().map_or(spec.total_expert_bytes(), |o| o.budget_bytes());
         let stats = EngineStats { budget_bytes, ..EngineStats::default() };
         Ok(Engine {
             ckpt,

@@ -1,6 +1,9 @@
-//! The offloaded path of the engine: the expert cache decides residency, the transfer pool
-//! fills slots, and each block runs InfMoE's schedule (fetch misses at once, compute resident
-//! experts while they arrive), with optional prefetch of the next block.
+//! The offloaded path of the engine, device-agnostic: the expert cache decides residency, a
+//! [`SlotDevice`] fills slots and computes from them, and each block runs InfMoE's schedule
+//! (fetch misses at once, compute resident experts while they arrive), with optional prefetch
+//! of the next block. The CPU device ([`HostSlots`]: a slot arena in RAM filled by the
+//! transfer pool) lives here; the CUDA one is in `cuda_offload.rs`. Both share every cache,
+//! prefetch and stats rule below, so their hits, misses and bytes follow the same logic.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -11,17 +14,209 @@ use crate::block::{self, BlockInput, BlockOutput};
 use crate::cache::{self, ExpertCache, ExpertKey, PolicyInit};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::routing::RoutingPlan;
+use crate::routing::{ExpertBatch, RoutingPlan};
 use crate::schedule::{BlockRecord, BlockSchedule};
 use crate::spec::{BlockSpec, ModelSpec};
 use crate::transfer::{ByteRange, CopyRequest, Fence, SlotArena, TransferPool, coalesce};
 
 use super::{Engine, EngineOptions, PrefetchMode};
 
-struct State {
+/// What a device supplies to the offloaded schedule: slots, a copy engine and fences.
+pub(super) trait SlotDevice: Send + Sync {
+    /// Completion of one copy into a slot.
+    type Fence: Clone + Send;
+    /// Whether the copy behind `fence` finished (a slot whose copy is in flight is not evicted).
+    fn is_complete(fence: &Self::Fence) -> bool;
+    /// Starts copying expert `expert` of block `block` into `slot`; returns at once.
+    fn submit(&self, block: usize, expert: usize, slot: usize) -> Result<Self::Fence>;
+    /// Blocks until `fence`'s copy finished; the seconds waited, or why the copy failed.
+    fn wait(&self, fence: &Self::Fence) -> std::result::Result<f64, String>;
+    /// The rows of `batch` through the expert held in `slot`.
+    fn compute(
+        &self,
+        engine: &Engine,
+        block: &BlockSpec,
+        input: &BlockInput,
+        batch: &ExpertBatch,
+        slot: usize,
+    ) -> Result<Vec<f32>>;
+    /// Test hook: the `n`-th copy from now fails.
+    fn inject_failure(&self, n: u64);
+}
+
+/// The engine's view of an offloaded path, whatever its device.
+pub(super) trait OffloadPath: Send + Sync {
+    /// The byte budget.
+    fn budget_bytes(&self) -> u64;
+    /// Most bytes resident at once so far (shared experts included).
+    fn peak_resident_bytes(&self) -> u64;
+    /// Prefetches issued so far.
+    fn prefetch_issued(&self) -> u64;
+    /// Prefetches used so far.
+    fn prefetch_used(&self) -> u64;
+    /// Test hook: the `n`-th copy from now fails.
+    fn inject_failure(&self, n: u64);
+    /// Runs one block (`next`: the block after it, for prefetch).
+    fn forward_block(
+        &self,
+        engine: &Engine,
+        block: &BlockSpec,
+        input: &BlockInput,
+        next: Option<&BlockSpec>,
+        step: usize,
+    ) -> Result<(BlockOutput, BlockRecord)>;
+}
+
+/// How a budget is carved: computed the same way for every device.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SlotPlan {
+    /// The budget in bytes.
+    pub budget_bytes: u64,
+    /// Shared-expert bytes held resident for the whole run (charged to the budget).
+    pub pinned_bytes: u64,
+    /// Bytes of the largest expert: one slot.
+    pub slot_bytes: u64,
+    /// Slots the budget holds after the shared experts.
+    pub num_slots: usize,
+    /// Slots one block needs at once (top-k; 1 for the naive method).
+    pub need: usize,
+}
+
+impl SlotPlan {
+    /// Parses `budget` and carves it; errors when it cannot hold one block's experts.
+    pub(super) fn new(spec: &ModelSpec, budget: &str, opts: &EngineOptions) -> Result<SlotPlan> {
+        let budget_bytes = cache::parse_budget(budget, spec.total_expert_bytes())?;
+        let pinned_bytes: u64 = spec.blocks.iter().map(|b| b.shared_expert_bytes).sum();
+        // Slots are exactly one expert large, so the slot count is the one the simulator
+        // derives from a trace header.
+        let slot_bytes = spec.max_expert_bytes();
+        let num_slots =
+            budget_bytes.saturating_sub(pinned_bytes).checked_div(slot_bytes).unwrap_or(0) as usize;
+        // One token needs its k experts of a block at once; the naive method needs one slot.
+        let need = if opts.naive {
+            1
+        } else {
+            spec.blocks.iter().map(|b| b.router.top_k()).max().unwrap_or(1)
+        };
+        let plan = SlotPlan { budget_bytes, pinned_bytes, slot_bytes, num_slots, need };
+        plan.check(num_slots)?;
+        Ok(plan)
+    }
+
+    /// Errors when `slots` (what a device could carve) is below what one block needs.
+    pub(super) fn check(&self, slots: usize) -> Result<()> {
+        if slots < self.need {
+            return Err(Error::BudgetTooSmall {
+                budget: self.budget_bytes,
+                reason: format!(
+                    "it holds {slots} expert slot(s) of {} bytes after {} bytes of shared experts; at least {} are needed ({} bytes)",
+                    self.slot_bytes,
+                    self.pinned_bytes,
+                    self.need,
+                    self.pinned_bytes + self.need as u64 * self.slot_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The CPU device: a slot arena in RAM filled by the transfer pool's copy workers.
+pub(super) struct HostSlots {
+    /// `[block][expert]` source ranges, coalesced, in packed slot order.
+    ranges: Vec<Vec<Vec<ByteRange>>>,
+    pool: TransferPool,
+}
+
+impl HostSlots {
+    pub(super) fn new(
+        ckpt: &Checkpoint,
+        spec: &ModelSpec,
+        plan: &SlotPlan,
+        opts: &EngineOptions,
+    ) -> Result<HostSlots> {
+        let mut ranges = Vec::with_capacity(spec.blocks.len());
+        for b in &spec.blocks {
+            let mut per_expert = Vec::with_capacity(b.num_experts());
+            for ex in &b.experts {
+                let mut rs = Vec::new();
+                for name in ex.names() {
+                    let info = ckpt.info(name)?;
+                    rs.push(ByteRange { file: info.file, offset: info.offset, len: info.len });
+                }
+                per_expert.push(coalesce(&rs));
+            }
+            ranges.push(per_expert);
+        }
+        // Each slot is its own 8-byte-aligned buffer of exactly one expert.
+        let arena = std::sync::Arc::new(SlotArena::new(plan.num_slots, plan.slot_bytes as usize));
+        let mmaps = (0..ckpt.files().len()).map(|i| ckpt.mmap(i).clone()).collect();
+        let pool = TransferPool::new(arena, mmaps, opts.copy_threads, opts.link_bytes_per_second);
+        Ok(HostSlots { ranges, pool })
+    }
+}
+
+impl SlotDevice for HostSlots {
+    type Fence = Fence;
+
+    fn is_complete(fence: &Fence) -> bool {
+        fence.is_complete()
+    }
+
+    fn submit(&self, block: usize, expert: usize, slot: usize) -> Result<Fence> {
+        let fence = Fence::new();
+        self.pool.submit(CopyRequest {
+            ranges: self.ranges[block][expert].clone(),
+            slot,
+            fence: fence.clone(),
+            label: (block, expert),
+        });
+        Ok(fence)
+    }
+
+    fn wait(&self, fence: &Fence) -> std::result::Result<f64, String> {
+        let (waited, outcome) = fence.wait();
+        outcome.map(|()| waited.as_secs_f64())
+    }
+
+    fn compute(
+        &self,
+        engine: &Engine,
+        block: &BlockSpec,
+        input: &BlockInput,
+        batch: &ExpertBatch,
+        slot: usize,
+    ) -> Result<Vec<f32>> {
+        let h = engine.spec.hidden_size;
+        let guard = self.pool.arena().read(slot);
+        let w = block::expert_weights_packed(block, h, &engine.spec.dtype, guard.bytes())?;
+        let x = block::gather(input.hidden, h, &batch.tokens);
+        let mut y = vec![0f32; batch.tokens.len() * h];
+        engine.backend().expert_ffn(block.ffn, &w, &x, batch.tokens.len(), &mut y)?;
+        Ok(y)
+    }
+
+    fn inject_failure(&self, n: u64) {
+        self.pool.inject_failure(n);
+    }
+}
+
+/// The CPU engine's offloaded path.
+pub(super) fn open_host(
+    ckpt: &Checkpoint,
+    spec: &ModelSpec,
+    budget: &str,
+    opts: &EngineOptions,
+) -> Result<Offload<HostSlots>> {
+    let plan = SlotPlan::new(spec, budget, opts)?;
+    let dev = HostSlots::new(ckpt, spec, &plan, opts)?;
+    Offload::new(spec, plan, plan.num_slots, opts, dev)
+}
+
+struct State<F> {
     cache: ExpertCache,
     /// The copy that filled each resident key's slot.
-    fences: HashMap<ExpertKey, Fence>,
+    fences: HashMap<ExpertKey, F>,
     /// Keys fetched by prefetch and not used since.
     prefetched: HashSet<ExpertKey>,
     resident_bytes: u64,
@@ -38,68 +233,33 @@ struct State {
     bytes_requested: u64,
 }
 
-pub(super) struct Offload {
-    /// `[block][expert]` source ranges, coalesced, in packed slot order.
-    ranges: Vec<Vec<Vec<ByteRange>>>,
+/// The offloaded schedule over a device `D`.
+pub(super) struct Offload<D: SlotDevice> {
+    dev: D,
     /// Bytes of one expert, per block.
     expert_bytes: Vec<u64>,
-    pool: TransferPool,
-    state: Mutex<State>,
+    state: Mutex<State<D::Fence>>,
     prefetch: PrefetchMode,
     naive: bool,
-    /// Shared-expert bytes held resident for the whole run (charged to the budget).
-    pinned_bytes: u64,
-    pub(super) budget_bytes: u64,
+    budget_bytes: u64,
 }
 
-impl Offload {
+impl<D: SlotDevice> Offload<D> {
+    /// The schedule over `dev`, whose `num_slots` slots (≤ `plan.num_slots`) the cache manages.
     pub(super) fn new(
-        ckpt: &Checkpoint,
         spec: &ModelSpec,
-        budget: &str,
+        plan: SlotPlan,
+        num_slots: usize,
         opts: &EngineOptions,
-    ) -> Result<Offload> {
-        let budget_bytes = cache::parse_budget(budget, spec.total_expert_bytes())?;
-        let pinned_bytes: u64 = spec.blocks.iter().map(|b| b.shared_expert_bytes).sum();
-        // Each slot is its own 8-byte-aligned buffer, so slots are exactly one expert large and
-        // the slot count is the one the simulator derives from a trace header.
-        let slot_bytes = spec.max_expert_bytes();
-        let num_slots =
-            budget_bytes.saturating_sub(pinned_bytes).checked_div(slot_bytes).unwrap_or(0) as usize;
-        // One token needs its k experts of a block at once; the naive method needs one slot.
-        let need = if opts.naive {
-            1
-        } else {
-            spec.blocks.iter().map(|b| b.router.top_k()).max().unwrap_or(1)
-        };
-        if num_slots < need {
-            return Err(Error::BudgetTooSmall {
-                budget: budget_bytes,
-                reason: format!(
-                    "it holds {num_slots} expert slot(s) of {slot_bytes} bytes after {pinned_bytes} bytes of shared experts; at least {need} are needed ({} bytes)",
-                    pinned_bytes + need as u64 * slot_bytes
-                ),
-            });
-        }
-        let mut ranges = Vec::with_capacity(spec.blocks.len());
-        for b in &spec.blocks {
-            let mut per_expert = Vec::with_capacity(b.num_experts());
-            for ex in &b.experts {
-                let mut rs = Vec::new();
-                for name in ex.names() {
-                    let info = ckpt.info(name)?;
-                    rs.push(ByteRange { file: info.file, offset: info.offset, len: info.len });
-                }
-                per_expert.push(coalesce(&rs));
-            }
-            ranges.push(per_expert);
-        }
+        dev: D,
+    ) -> Result<Offload<D>> {
+        plan.check(num_slots)?;
         let experts_per_block: Vec<usize> = spec.blocks.iter().map(|b| b.num_experts()).collect();
         // Static pins what fits while leaving room for one token's experts.
         let pinned = opts
             .pinned
             .as_ref()
-            .map(|p| p.iter().copied().take(num_slots.saturating_sub(need)).collect());
+            .map(|p| p.iter().copied().take(num_slots.saturating_sub(plan.need)).collect());
         let policy = cache::make_policy(
             opts.policy,
             PolicyInit {
@@ -110,19 +270,15 @@ impl Offload {
             num_slots,
         )?;
         let cache = ExpertCache::new(num_slots, &experts_per_block, policy);
-        let arena = std::sync::Arc::new(SlotArena::new(num_slots, slot_bytes as usize));
-        let mmaps = (0..ckpt.files().len()).map(|i| ckpt.mmap(i).clone()).collect();
-        let pool = TransferPool::new(arena, mmaps, opts.copy_threads, opts.link_bytes_per_second);
         Ok(Offload {
-            ranges,
+            dev,
             expert_bytes: spec.blocks.iter().map(|b| b.expert_bytes).collect(),
-            pool,
             state: Mutex::new(State {
                 cache,
                 fences: HashMap::new(),
                 prefetched: HashSet::new(),
-                resident_bytes: pinned_bytes,
-                peak_resident_bytes: pinned_bytes,
+                resident_bytes: plan.pinned_bytes,
+                peak_resident_bytes: plan.pinned_bytes,
                 prefetch_issued: 0,
                 prefetch_used: 0,
                 bytes_requested: 0,
@@ -131,34 +287,20 @@ impl Offload {
             }),
             prefetch: opts.prefetch,
             naive: opts.naive,
-            pinned_bytes,
-            budget_bytes,
+            budget_bytes: plan.budget_bytes,
         })
-    }
-
-    pub(super) fn peak_resident_bytes(&self) -> u64 {
-        self.state.lock().peak_resident_bytes
-    }
-    pub(super) fn prefetch_issued(&self) -> u64 {
-        self.state.lock().prefetch_issued
-    }
-    pub(super) fn prefetch_used(&self) -> u64 {
-        self.state.lock().prefetch_used
-    }
-    pub(super) fn inject_failure(&self, n: u64) {
-        self.pool.inject_failure(n);
     }
 
     /// Places `key` in a slot (evicting per policy among keys `evictable` allows) and starts
     /// its copy. Returns `Ok(false)` when no slot can be freed.
     fn fetch(
         &self,
-        st: &mut State,
+        st: &mut State<D::Fence>,
         key: ExpertKey,
         evictable: &dyn Fn(ExpertKey) -> bool,
     ) -> Result<bool> {
         let fences = &st.fences;
-        let guard = |k: ExpertKey| evictable(k) && fences.get(&k).is_none_or(Fence::is_complete);
+        let guard = |k: ExpertKey| evictable(k) && fences.get(&k).is_none_or(D::is_complete);
         let placement = match st.cache.insert(key, &guard) {
             Ok(p) => p,
             Err(Error::CacheFull { .. }) => return Ok(false),
@@ -180,20 +322,26 @@ impl Offload {
                 reason: format!("{} bytes would be resident (internal error)", st.resident_bytes),
             });
         }
-        let fence = Fence::new();
-        st.fences.insert(key, fence.clone());
-        st.bytes_requested += self.expert_bytes[b];
-        self.pool.submit(CopyRequest {
-            ranges: self.ranges[b][key.expert as usize].clone(),
-            slot: placement.slot,
-            fence,
-            label: (b, key.expert as usize),
-        });
-        Ok(true)
+        match self.dev.submit(b, key.expert as usize, placement.slot) {
+            Ok(fence) => {
+                st.fences.insert(key, fence);
+                st.bytes_requested += self.expert_bytes[b];
+                Ok(true)
+            }
+            Err(e) => {
+                // The slot holds nothing usable: forget the key so a later call refetches it.
+                self.drop_key(st, key);
+                Err(Error::Transfer {
+                    block: b,
+                    expert: key.expert as usize,
+                    reason: e.to_string(),
+                })
+            }
+        }
     }
 
     /// Forgets `key` after its copy failed, so the slot is not trusted.
-    fn drop_key(&self, st: &mut State, key: ExpertKey) {
+    fn drop_key(&self, st: &mut State<D::Fence>, key: ExpertKey) {
         if st.cache.remove(key).is_some() {
             st.resident_bytes -= self.expert_bytes[key.block as usize];
         }
@@ -204,7 +352,7 @@ impl Offload {
     /// Computes one expert from its slot, waiting on its fence; returns (rows, stall seconds).
     fn compute_expert(
         &self,
-        st: &mut State,
+        st: &mut State<D::Fence>,
         engine: &Engine,
         block: &BlockSpec,
         input: &BlockInput,
@@ -213,27 +361,30 @@ impl Offload {
     ) -> Result<(Vec<f32>, f64)> {
         let batch = &plan.per_expert[i];
         let key = ExpertKey { block: block.index as u32, expert: batch.expert as u32 };
-        let fence = st.fences.get(&key).cloned().unwrap_or_else(Fence::done);
-        let (waited, outcome) = fence.wait();
-        if let Err(reason) = outcome {
-            self.drop_key(st, key);
-            return Err(Error::Transfer { block: block.index, expert: batch.expert, reason });
-        }
+        let waited = match st.fences.get(&key).cloned() {
+            Some(fence) => match self.dev.wait(&fence) {
+                Ok(s) => s,
+                Err(reason) => {
+                    self.drop_key(st, key);
+                    return Err(Error::Transfer {
+                        block: block.index,
+                        expert: batch.expert,
+                        reason,
+                    });
+                }
+            },
+            None => 0.0,
+        };
         let slot = st.cache.slot_of(key).ok_or_else(|| Error::Transfer {
             block: block.index,
             expert: batch.expert,
             reason: "expert left its slot before use (internal scheduling error)".into(),
         })?;
-        let h = engine.spec.hidden_size;
-        let guard = self.pool.arena().read(slot);
-        let w = block::expert_weights_packed(block, h, &engine.spec.dtype, guard.bytes())?;
-        let x = block::gather(input.hidden, h, &batch.tokens);
-        let mut y = vec![0f32; batch.tokens.len() * h];
-        engine.backend().expert_ffn(block.ffn, &w, &x, batch.tokens.len(), &mut y)?;
-        Ok((y, waited.as_secs_f64()))
+        let y = self.dev.compute(engine, block, input, batch, slot)?;
+        Ok((y, waited))
     }
 
-    pub(super) fn forward_block(
+    fn run_block(
         &self,
         engine: &Engine,
         block: &BlockSpec,
@@ -349,7 +500,7 @@ impl Offload {
     #[allow(clippy::too_many_arguments)]
     fn run_naive(
         &self,
-        st: &mut State,
+        st: &mut State<D::Fence>,
         engine: &Engine,
         block: &BlockSpec,
         input: &BlockInput,
@@ -382,7 +533,7 @@ impl Offload {
     /// experts that are about to be used again.
     fn prefetch_next(
         &self,
-        st: &mut State,
+        st: &mut State<D::Fence>,
         engine: &Engine,
         current: &BlockSpec,
         current_needed: &HashSet<usize>,
@@ -423,10 +574,30 @@ impl Offload {
     }
 }
 
-impl Offload {
-    /// Shared-expert bytes charged to the budget.
-    #[allow(dead_code)]
-    pub(super) fn pinned_bytes(&self) -> u64 {
-        self.pinned_bytes
+impl<D: SlotDevice> OffloadPath for Offload<D> {
+    fn budget_bytes(&self) -> u64 {
+        self.budget_bytes
+    }
+    fn peak_resident_bytes(&self) -> u64 {
+        self.state.lock().peak_resident_bytes
+    }
+    fn prefetch_issued(&self) -> u64 {
+        self.state.lock().prefetch_issued
+    }
+    fn prefetch_used(&self) -> u64 {
+        self.state.lock().prefetch_used
+    }
+    fn inject_failure(&self, n: u64) {
+        self.dev.inject_failure(n);
+    }
+    fn forward_block(
+        &self,
+        engine: &Engine,
+        block: &BlockSpec,
+        input: &BlockInput,
+        next: Option<&BlockSpec>,
+        step: usize,
+    ) -> Result<(BlockOutput, BlockRecord)> {
+        self.run_block(engine, block, input, next, step)
     }
 }

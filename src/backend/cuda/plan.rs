@@ -301,20 +301,27 @@ impl RegistrationLru {
 /// check that a copy failure surfaces as an error, not a panic or a deadlock.
 #[derive(Debug, Default)]
 pub struct FailureInjector {
-    fail_at: Option<u64>,
+    /// The 1-based call that fails; 0 = none.
+    fail_at: AtomicU64,
     count: AtomicU64,
 }
 
 impl FailureInjector {
     /// Fails the `fail_at`-th call of [`FailureInjector::next_fails`] (never if `None`).
     pub fn new(fail_at: Option<u64>) -> FailureInjector {
-        FailureInjector { fail_at, count: AtomicU64::new(0) }
+        FailureInjector { fail_at: AtomicU64::new(fail_at.unwrap_or(0)), count: AtomicU64::new(0) }
+    }
+
+    /// Makes the `n`-th call from now fail (`n` = 1: the next one; 0 disarms).
+    pub fn arm(&self, n: u64) {
+        let at = if n == 0 { 0 } else { self.count.load(Ordering::Relaxed) + n };
+        self.fail_at.store(at, Ordering::Relaxed);
     }
 
     /// Counts one upload; true if this one must fail.
     pub fn next_fails(&self) -> bool {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        self.fail_at == Some(n)
+        self.fail_at.load(Ordering::Relaxed) == n
     }
 }
 
@@ -441,5 +448,14 @@ mod tests {
         assert_eq!((f.next_fails(), f.next_fails(), f.next_fails()), (false, true, false));
         let never = FailureInjector::new(None);
         assert!(!(0..5).any(|_| never.next_fails()));
+        // Armed later: counts from the arming, fails once.
+        never.arm(2);
+        assert_eq!(
+            (never.next_fails(), never.next_fails(), never.next_fails()),
+            (false, true, false)
+        );
+        never.arm(1);
+        never.arm(0);
+        assert!(!never.next_fails());
     }
 }

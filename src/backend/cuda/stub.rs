@@ -262,6 +262,11 @@ impl Uploader {
     }
 
     /// Unreachable: no uploader exists.
+    pub fn inject_failure(&self, _n: u64) {
+        match self.never {}
+    }
+
+    /// Unreachable: no uploader exists.
     pub fn upload(&self, _src: &[&[u8]], _slot: usize) -> Result<Fence> {
         match self.never {}
     }

@@ -161,6 +161,11 @@ impl Uploader {
         self.path
     }
 
+    /// Test hook: the `n`-th upload from now fails with an error (0 disarms).
+    pub fn inject_failure(&self, n: u64) {
+        self.injector.arm(n);
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> TransferStats {
         self.state.lock().stats

@@ -24,7 +24,7 @@ pub struct Args {
     /// Untimed warm-up iterations.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    /// Compute device: cpu or cuda.
+    /// Compute device: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// CPU threads (0 = all cores).

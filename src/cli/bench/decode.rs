@@ -11,9 +11,19 @@ pub struct Args {
     /// Model folder.
     #[arg(long)]
     model: PathBuf,
-    /// Compute device: cpu (cuda when built with the feature).
+    /// Compute device: cpu, cuda or cuda:N (cuda needs a build with the feature).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// CUDA host→device path: auto, registered, pinned[:N], pageable.
+    #[arg(long, default_value = "auto")]
+    transfer: String,
+    /// Host→device ceiling in GB/s for the transfer bound (e.g. the pinned ceiling printed by
+    /// `bench transfer`); default: the host copy rate measured here.
+    #[arg(long)]
+    ceiling_gbps: Option<f64>,
+    /// Skip the LFU rows.
+    #[arg(long)]
+    no_lfu: bool,
     /// Budgets to compare, comma-separated.
     #[arg(long, default_value = "100%,50%,20%", value_delimiter = ',')]
     budgets: Vec<String>,
@@ -42,9 +52,6 @@ pub struct Args {
 
 /// Runs `bench decode`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.device != "cpu" {
-        anyhow::bail!("bench decode on {:?} is not available in this build", args.device);
-    }
     let w = Workload {
         steps: args.steps,
         batch: args.batch,
@@ -52,13 +59,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         locality: args.locality,
     };
-    let report = moe_offload::bench::decode(
-        &args.model,
-        &args.budgets,
-        &w,
-        args.threads,
-        args.link_gbps.map(|g| g * 1e9),
-    )?;
+    let opts = moe_offload::bench::DecodeOptions {
+        device: args.device,
+        transfer: args.transfer,
+        threads: args.threads,
+        link_bytes_per_second: args.link_gbps.map(|g| g * 1e9),
+        ceiling_bytes_per_second: args.ceiling_gbps.map(|g| g * 1e9),
+        lfu: !args.no_lfu,
+    };
+    let report = moe_offload::bench::decode(&args.model, &args.budgets, &w, &opts)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
