@@ -17,6 +17,7 @@
 //! ```
 
 mod cuda_offload;
+mod host_slots;
 mod offload;
 mod stats;
 
@@ -163,7 +164,7 @@ impl Engine {
                 (_, budget) => {
                     let backend = block::io::backend_for(&opts.device, opts.threads)?;
                     let o = match budget {
-                        Some(b) => Some(Box::new(offload::open_host(&ckpt, &spec, b, &opts)?)
+                        Some(b) => Some(Box::new(host_slots::open_host(&ckpt, &spec, b, &opts)?)
                             as Box<dyn offload::OffloadPath>),
                         None => None,
                     };

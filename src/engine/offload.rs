@@ -1,8 +1,8 @@
 //! The offloaded path of the engine, device-agnostic: the expert cache decides residency, a
 //! [`SlotDevice`] fills slots and computes from them, and each block runs InfMoE's schedule
 //! (fetch misses at once, compute resident experts while they arrive), with optional prefetch
-//! of the next block. The CPU device ([`HostSlots`]: a slot arena in RAM filled by the
-//! transfer pool) lives here; the CUDA one is in `cuda_offload.rs`. Both share every cache,
+//! of the next block. The CPU device (`HostSlots`: a slot arena in RAM filled by the
+//! transfer pool) is in `host_slots.rs`; the CUDA one is in `cuda_offload.rs`. Both share every cache,
 //! prefetch and stats rule below, so their hits, misses and bytes follow the same logic.
 
 use std::collections::{HashMap, HashSet};
@@ -12,12 +12,10 @@ use parking_lot::Mutex;
 
 use crate::block::{self, BlockInput, BlockOutput};
 use crate::cache::{self, ExpertCache, ExpertKey, PolicyInit};
-use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::routing::{ExpertBatch, RoutingPlan};
 use crate::schedule::{BlockRecord, BlockSchedule};
 use crate::spec::{BlockSpec, ModelSpec};
-use crate::transfer::{ByteRange, CopyRequest, Fence, SlotArena, TransferPool, coalesce};
 
 use super::{Engine, EngineOptions, PrefetchMode};
 
@@ -119,98 +117,6 @@ impl SlotPlan {
         }
         Ok(())
     }
-}
-
-/// The CPU device: a slot arena in RAM filled by the transfer pool's copy workers.
-pub(super) struct HostSlots {
-    /// `[block][expert]` source ranges, coalesced, in packed slot order.
-    ranges: Vec<Vec<Vec<ByteRange>>>,
-    pool: TransferPool,
-}
-
-impl HostSlots {
-    pub(super) fn new(
-        ckpt: &Checkpoint,
-        spec: &ModelSpec,
-        plan: &SlotPlan,
-        opts: &EngineOptions,
-    ) -> Result<HostSlots> {
-        let mut ranges = Vec::with_capacity(spec.blocks.len());
-        for b in &spec.blocks {
-            let mut per_expert = Vec::with_capacity(b.num_experts());
-            for ex in &b.experts {
-                let mut rs = Vec::new();
-                for name in ex.names() {
-                    let info = ckpt.info(name)?;
-                    rs.push(ByteRange { file: info.file, offset: info.offset, len: info.len });
-                }
-                per_expert.push(coalesce(&rs));
-            }
-            ranges.push(per_expert);
-        }
-        // Each slot is its own 8-byte-aligned buffer of exactly one expert.
-        let arena = std::sync::Arc::new(SlotArena::new(plan.num_slots, plan.slot_bytes as usize));
-        let mmaps = (0..ckpt.files().len()).map(|i| ckpt.mmap(i).clone()).collect();
-        let pool = TransferPool::new(arena, mmaps, opts.copy_threads, opts.link_bytes_per_second);
-        Ok(HostSlots { ranges, pool })
-    }
-}
-
-impl SlotDevice for HostSlots {
-    type Fence = Fence;
-
-    fn is_complete(fence: &Fence) -> bool {
-        fence.is_complete()
-    }
-
-    fn submit(&self, block: usize, expert: usize, slot: usize) -> Result<Fence> {
-        let fence = Fence::new();
-        self.pool.submit(CopyRequest {
-            ranges: self.ranges[block][expert].clone(),
-            slot,
-            fence: fence.clone(),
-            label: (block, expert),
-        });
-        Ok(fence)
-    }
-
-    fn wait(&self, fence: &Fence) -> std::result::Result<f64, String> {
-        let (waited, outcome) = fence.wait();
-        outcome.map(|()| waited.as_secs_f64())
-    }
-
-    fn compute(
-        &self,
-        engine: &Engine,
-        block: &BlockSpec,
-        input: &BlockInput,
-        batch: &ExpertBatch,
-        slot: usize,
-    ) -> Result<Vec<f32>> {
-        let h = engine.spec.hidden_size;
-        let guard = self.pool.arena().read(slot);
-        let w = block::expert_weights_packed(block, h, &engine.spec.dtype, guard.bytes())?;
-        let x = block::gather(input.hidden, h, &batch.tokens);
-        let mut y = vec![0f32; batch.tokens.len() * h];
-        engine.backend().expert_ffn(block.ffn, &w, &x, batch.tokens.len(), &mut y)?;
-        Ok(y)
-    }
-
-    fn inject_failure(&self, n: u64) {
-        self.pool.inject_failure(n);
-    }
-}
-
-/// The CPU engine's offloaded path.
-pub(super) fn open_host(
-    ckpt: &Checkpoint,
-    spec: &ModelSpec,
-    budget: &str,
-    opts: &EngineOptions,
-) -> Result<Offload<HostSlots>> {
-    let plan = SlotPlan::new(spec, budget, opts)?;
-    let dev = HostSlots::new(ckpt, spec, &plan, opts)?;
-    Offload::new(spec, plan, plan.num_slots, opts, dev)
 }
 
 struct State<F> {
