@@ -2,11 +2,9 @@
 //! safetensors file, computes each block, writes `<prefix>.output`, `.expert_ids`,
 //! `.expert_weights`.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 use super::{BlockInput, forward};
 use crate::backend::cpu::CpuBackend;
@@ -15,6 +13,7 @@ use crate::backend::{Backend, Device};
 use crate::checkpoint::Checkpoint;
 use crate::dtype::{DType, to_f32_vec, to_i64_vec};
 use crate::error::{Error, Result};
+use crate::io::OwnedTensor;
 use crate::spec::ModelSpec;
 
 /// The compute backend for `--device`: `cpu`, or `cuda` / `cuda:N` (a [`CudaBackend`]; an
@@ -35,28 +34,6 @@ pub struct BlockFileResult {
     pub shape: Vec<usize>,
     /// Assignments dropped by capacity.
     pub dropped: usize,
-}
-
-/// An owned output tensor for `serialize_to_file`.
-struct Owned {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl safetensors::View for Owned {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -84,7 +61,7 @@ pub fn run_file(
     let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(input, e.to_string()))?;
     let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
     names.sort();
-    let mut out: Vec<(String, Owned)> = Vec::new();
+    let mut out: Vec<(String, OwnedTensor)> = Vec::new();
     let mut results = Vec::new();
     for name in names.iter().filter(|n| n.ends_with(".input")) {
         let prefix = &name[..name.len() - ".input".len()];
@@ -147,22 +124,14 @@ pub fn run_file(
         let k = res.plan.k;
         let mut kshape = shape[..shape.len() - 1].to_vec();
         kshape.push(k);
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        out.push((
-            format!("{prefix}.output"),
-            Owned { dtype: Dtype::F32, shape: shape.clone(), data: f32_bytes(&res.output) },
-        ));
+        out.push((format!("{prefix}.output"), OwnedTensor::f32(shape.clone(), &res.output)?));
         out.push((
             format!("{prefix}.expert_ids"),
-            Owned {
-                dtype: Dtype::I32,
-                shape: kshape.clone(),
-                data: res.plan.expert_ids.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            },
+            OwnedTensor::i32(kshape.clone(), &res.plan.expert_ids)?,
         ));
         out.push((
             format!("{prefix}.expert_weights"),
-            Owned { dtype: Dtype::F32, shape: kshape, data: f32_bytes(&res.plan.weights) },
+            OwnedTensor::f32(kshape, &res.plan.weights)?,
         ));
         let dropped = res.plan.expert_ids.iter().filter(|&&e| e < 0).count();
         results.push(BlockFileResult { prefix: prefix.to_string(), shape, dropped });
@@ -174,7 +143,6 @@ pub fn run_file(
             spec.blocks.iter().map(|b| b.prefix.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
-    safetensors::serialize_to_file(out, None::<HashMap<String, String>>, output)
-        .map_err(|e| bad(output, format!("cannot write: {e}")))?;
+    crate::io::write_tensors(output, out)?;
     Ok(results)
 }

@@ -133,7 +133,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(p, json + "\n").with_context(|| format!("writing {}", p.display()))?;
     }
     if let Some(p) = &args.save_output {
-        moe_offload::io::write_f32_tensors(p, &[("hidden", &out.hidden, &out.shape[..])])?;
+        let hidden = moe_offload::io::OwnedTensor::f32(out.shape.to_vec(), &out.hidden)?;
+        moe_offload::io::write_tensors(p, vec![("hidden".to_string(), hidden)])?;
     }
     Ok(())
 }
