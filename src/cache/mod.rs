@@ -1,5 +1,5 @@
 //! The expert cache: which experts are resident, in which of a fixed number of equal slots, and
-//! whom to evict (policies in [`policy`], Belady's bound in [`belady`]). It knows nothing of
+//! whom to evict (policies in [`policy`], Belady's bound in `belady.rs`). It knows nothing of
 //! devices or of how bytes move; the engine and the simulator drive the same code.
 //!
 //! Experts are addressed on the hot path by a dense index (block offset + expert, see

@@ -2,7 +2,7 @@
 //! backend, and the crate avoids one). Generated data: DejaVu Sans at 13 px, printable ASCII,
 //! by `tools/fontgen` (`cargo run --release -- DejaVuSans.ttf 13 > font.rs`, then this header).
 //! DejaVu fonts: Bitstream Vera license with DejaVu changes in the public domain
-//! (https://dejavu-fonts.github.io/License.html), which permits embedding derived glyphs.
+//! (<https://dejavu-fonts.github.io/License.html>), which permits embedding derived glyphs.
 
 /// Glyph cell height in pixels.
 pub(super) const HEIGHT: usize = 14;

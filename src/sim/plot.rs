@@ -1,6 +1,6 @@
 //! `sim --plot`: hit rate and predicted tokens/s against budget, one line per policy, as SVG
 //! or PNG (chosen by the file extension), drawn with plotters (PNG text from an embedded
-//! bitmap font, see [`super::bitmap_text`]).
+//! bitmap font, see `bitmap_text.rs`).
 
 use std::path::Path;
 
