@@ -456,27 +456,35 @@ impl<D: SlotDevice> Offload<D> {
             wanted.per_expert.iter().map(|b| (b.expert, b.tokens.len())).collect();
         order.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let next_set: HashSet<usize> = order.iter().map(|&(e, _)| e).collect();
-        let recent_keys: HashSet<ExpertKey> =
-            st.last_use.iter().filter(|&(_, &s)| s + 1 >= step).map(|(k, _)| *k).collect();
-        let recent = |k: &ExpertKey| recent_keys.contains(k);
+        // Lent out of the state for the loop, so the protection test can read it while `fetch`
+        // borrows the rest of the state mutably.
+        let last_use = std::mem::take(&mut st.last_use);
         let protect = |k: ExpertKey| {
             let e = k.expert as usize;
             !((k.block as usize == current.index && current_needed.contains(&e))
                 || (k.block as usize == next.index && next_set.contains(&e))
-                || recent(&k))
+                || last_use.get(&k).is_some_and(|&s| s + 1 >= step))
         };
+        let mut result = Ok(());
         for (e, _) in order {
             let key = ExpertKey { block: next.index as u32, expert: e as u32 };
             if st.cache.contains(key) {
                 continue;
             }
-            if !self.fetch(st, key, &protect)? {
-                break;
+            match self.fetch(st, key, &protect) {
+                Ok(true) => {
+                    st.prefetched.insert(key);
+                    st.prefetch_issued += 1;
+                }
+                Ok(false) => break,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
             }
-            st.prefetched.insert(key);
-            st.prefetch_issued += 1;
         }
-        Ok(())
+        st.last_use = last_use;
+        result
     }
 }
 
