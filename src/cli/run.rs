@@ -100,23 +100,23 @@ impl Args {
 /// Runs `run`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (mut opts, w) = args.to_options()?;
-    if let Some(t) = &args.trace_in {
+    let spec = if args.trace_in.is_some() || args.trace_out.is_some() {
         let ckpt = moe_offload::Checkpoint::open(&args.model)?;
-        let spec = moe_offload::ModelSpec::from_checkpoint(&ckpt)?;
-        let keys = workload::accesses_from_trace(t, &spec)?;
+        Some(moe_offload::ModelSpec::from_checkpoint(&ckpt)?)
+    } else {
+        None
+    };
+    if let (Some(t), Some(spec)) = (&args.trace_in, &spec) {
+        let keys = workload::accesses_from_trace(t, spec)?;
         match opts.policy {
             PolicyKind::Belady => opts.future = Some(keys),
             PolicyKind::Static => opts.pinned = Some(workload::most_used(&keys)),
             _ => {}
         }
     }
-    let mut trace = match &args.trace_out {
-        Some(p) => {
-            let ckpt = moe_offload::Checkpoint::open(&args.model)?;
-            let spec = moe_offload::ModelSpec::from_checkpoint(&ckpt)?;
-            Some(workload::TraceObserver::create(p, &args.model, &spec, &w)?)
-        }
-        None => None,
+    let mut trace = match (&args.trace_out, &spec) {
+        (Some(p), Some(spec)) => Some(workload::TraceObserver::create(p, &args.model, spec, &w)?),
+        _ => None,
     };
     let out = workload::run_model(
         &args.model,
