@@ -137,9 +137,11 @@ pub fn decode(
         link_bytes_per_second,
         ..EngineOptions::default()
     };
-    let probe = crate::engine::Engine::open(model, base.clone())?;
-    let rre = probe.spec().blocks.iter().any(|b| b.router.is_rre());
-    drop(probe);
+    // The spec alone says whether routing is RRE; opening an engine here would also start a
+    // device context and a copy pool just to read it.
+    let spec =
+        crate::spec::ModelSpec::from_checkpoint(&crate::checkpoint::Checkpoint::open(model)?)?;
+    let rre = spec.blocks.iter().any(|b| b.router.is_rre());
     let row = |method: &str, budget: &str, s: &EngineStats| DecodeRow {
         method: method.into(),
         budget: budget.into(),
